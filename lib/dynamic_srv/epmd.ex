@@ -1,0 +1,177 @@
+defmodule DynamicSrv.Epmd do
+  @moduledoc """
+  An epmd module for `-epmd_module`: no epmd daemon, ports announced and found through DNS.
+
+      # rel/env.sh.eex, or the environment of `iex`/`elixir`
+      export ELIXIR_ERL_OPTIONS="-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd"
+      export ERL_DIST_PORT=24501                       # this node's listen port (Nomad: ${NOMAD_PORT_dist})
+      export DYNAMIC_SRV_NAMESERVERS=127.0.0.1:8600    # optional; default /etc/resolv.conf
+
+  A node `node-a@my-svc.service.consul` is reached at the address and port of the SRV record
+  `node-a.my-svc.service.consul` (the additional section's A/AAAA record of its target, or an
+  A/AAAA query when the answer lacks it). With `DYNAMIC_SRV_PORT_MODE=name` the port is the
+  trailing digits of the node name (`app-4370@host`), with `static` every node uses
+  `ERL_DIST_PORT`; in both the address is the host's A/AAAA record.
+
+  The configuration is read when distribution starts. A bad value stops distribution with a
+  message naming the variable, its value and what is expected. See the README for every
+  variable.
+
+  Answers are cached (at least `DYNAMIC_SRV_MIN_TTL_MS`, default 5000 ms, even for TTL 0
+  records) and answered synchronously; a miss runs one lookup on the library's own thread,
+  bounded by `DYNAMIC_SRV_LOOKUP_TIMEOUT_MS`. While DNS fails, expired answers keep being
+  served for up to `DYNAMIC_SRV_MAX_STALE_S` seconds, so a DNS outage does not cut a cluster.
+  """
+
+  alias DynamicSrv.Native
+
+  # OTP 25+ supports only distribution protocol version 6.
+  @dist_version 6
+  @engine {__MODULE__, :engine}
+  @registered {__MODULE__, :registered}
+
+  @typep name :: charlist() | String.t() | atom()
+
+  @doc "Called by `net_sup` when distribution starts: loads the NIF and reads the environment."
+  @spec start_link() :: :ignore | {:error, {:dynamic_srv, String.t()}}
+  def start_link do
+    case configure() do
+      {:ok, _} -> :ignore
+      {:error, message} -> refuse(message)
+    end
+  end
+
+  @doc "The port to listen on: `ERL_DIST_PORT`, the name's digits, or 0 for release helpers."
+  @spec listen_port_please(name(), name()) :: {:ok, :inet.port_number()} | {:error, term()}
+  def listen_port_please(name, host) do
+    with {:ok, {engine, _}} <- engine(),
+         {:ok, port} <- Native.listen_port(engine, node_string(name, host)) do
+      {:ok, port}
+    else
+      {:error, message} -> refuse(message)
+    end
+  end
+
+  @doc "Records this node's name and port. Creation `-1` makes OTP pick a random 32-bit one."
+  @spec register_node(name(), :inet.port_number(), atom()) :: {:ok, -1}
+  def register_node(name, port, _driver_or_family \\ :inet_tcp) do
+    :persistent_term.put(@registered, {to_charlist(name), port})
+    {:ok, -1}
+  end
+
+  @doc "The IP and port of node `name@host`."
+  @spec address_please(name(), name(), :inet | :inet6) ::
+          {:ok, :inet.ip_address(), :inet.port_number(), 6} | {:error, atom()}
+  def address_please(name, host, family) do
+    node = node_string(name, host)
+
+    with {:ok, {engine, timeout}} <- engine() do
+      case Native.lookup_cached(engine, node, family) do
+        {:ok, ip, port} -> {:ok, ip, port, @dist_version}
+        :miss -> await_lookup(engine, node, family, timeout)
+        {:error, reason, _message} -> {:error, reason}
+      end
+    else
+      {:error, _message} -> {:error, :not_configured}
+    end
+  end
+
+  @doc "The port of node `name` at `ip`; OTP only asks when `address_please/3` gave no port."
+  @spec port_please(name(), :inet.ip_address(), timeout()) ::
+          {:port, :inet.port_number(), 6} | :noport
+  def port_please(name, ip, _timeout \\ :infinity) do
+    with {:ok, {engine, _}} <- engine(),
+         {:ok, port} <- Native.port_please(engine, to_string(name), ip) do
+      {:port, port, @dist_version}
+    else
+      _ -> :noport
+    end
+  end
+
+  @doc "This node's own entry (there is no daemon to ask for others)."
+  @spec names(name()) :: {:ok, [{charlist(), :inet.port_number()}]}
+  def names(_host \\ nil) do
+    case :persistent_term.get(@registered, nil) do
+      nil -> {:ok, []}
+      entry -> {:ok, [entry]}
+    end
+  end
+
+  defp configure do
+    with :ok <- Native.load(),
+         {:ok, engine} <- Native.configure(environment()) do
+      state = {engine, Native.lookup_timeout_ms(engine)}
+      :persistent_term.put(@engine, state)
+      {:ok, state}
+    end
+  end
+
+  defp engine do
+    case :persistent_term.get(@engine, nil) do
+      nil -> configure()
+      state -> {:ok, state}
+    end
+  end
+
+  defp environment do
+    for var <- Native.variables(), value = System.get_env(var), into: %{}, do: {var, value}
+  end
+
+  # This runs inside net_kernel, so the lookup result comes back through a short-lived proxy
+  # and an alias: an answer that arrives after we gave up is dropped, never left in
+  # net_kernel's mailbox.
+  defp await_lookup(engine, node, family, timeout) do
+    reply_to = :erlang.alias([:reply])
+
+    spawn(fn ->
+      tag = make_ref()
+
+      result =
+        case Native.lookup(engine, node, family, self(), tag) do
+          :ok ->
+            receive do
+              {^tag, result} -> result
+            after
+              timeout + 1_000 -> {:error, :timeout, "no answer"}
+            end
+
+          {:error, reason} ->
+            {:error, reason, "lookup not started"}
+        end
+
+      send(reply_to, {reply_to, result})
+    end)
+
+    receive do
+      {^reply_to, {:ok, ip, port}} -> {:ok, ip, port, @dist_version}
+      {^reply_to, {:error, reason, _message}} -> {:error, reason}
+    after
+      timeout + 2_000 ->
+        :erlang.unalias(reply_to)
+
+        receive do
+          {^reply_to, _} -> :ok
+        after
+          0 -> :ok
+        end
+
+        {:error, :timeout}
+    end
+  end
+
+  defp node_string(name, host), do: "#{name}@#{host}"
+
+  # Printed on stderr as well as returned: at boot the return value ends up deep inside a
+  # "Kernel pid terminated" tuple that few people read to the end.
+  defp refuse(message) do
+    text = ["DynamicSrv.Epmd: distribution not started: ", message, "\n"]
+
+    if Process.whereis(:standard_error) do
+      :io.put_chars(:standard_error, text)
+    else
+      :erlang.display_string(IO.iodata_to_binary(text) |> String.to_charlist())
+    end
+
+    {:error, {:dynamic_srv, message}}
+  end
+end

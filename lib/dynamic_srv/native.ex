@@ -1,0 +1,55 @@
+defmodule DynamicSrv.Native do
+  @moduledoc false
+  # The only NIF boundary. Every function below is replaced by the Rust library
+  # `native/dynamic_srv_nif` once `load/0` has run.
+  #
+  # Not loaded from @on_load: in a release (embedded mode) on_load handlers run after
+  # net_sup has started the epmd module, so the epmd module loads it from start_link/0.
+
+  @library "libdynamic_srv_nif"
+
+  @doc false
+  @spec load() :: :ok | {:error, String.t()}
+  def load do
+    if :persistent_term.get({__MODULE__, :loaded}, false) do
+      :ok
+    else
+      path = library_path()
+
+      case :erlang.load_nif(String.to_charlist(path), 0) do
+        :ok ->
+          :persistent_term.put({__MODULE__, :loaded}, true)
+
+        # Another process loaded it between our check and our call.
+        {:error, {:reload, _}} ->
+          :persistent_term.put({__MODULE__, :loaded}, true)
+
+        {:error, {reason, text}} ->
+          {:error,
+           "cannot load the DynamicSrv NIF #{path}.so (#{reason}: #{text}); " <>
+             "rebuild it with `mix compile` (needs cargo)"}
+      end
+    end
+  end
+
+  defp library_path do
+    priv =
+      case :code.priv_dir(:libcluster_dynamic_srv) do
+        {:error, :bad_name} ->
+          Path.join([Path.dirname(to_string(:code.which(__MODULE__))), "..", "priv"])
+
+        dir ->
+          to_string(dir)
+      end
+
+    Path.join([priv, "native", @library])
+  end
+
+  def configure(_vars), do: :erlang.nif_error(:nif_not_loaded)
+  def variables, do: :erlang.nif_error(:nif_not_loaded)
+  def lookup_timeout_ms(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  def listen_port(_engine, _node), do: :erlang.nif_error(:nif_not_loaded)
+  def lookup_cached(_engine, _node, _family), do: :erlang.nif_error(:nif_not_loaded)
+  def lookup(_engine, _node, _family, _pid, _tag), do: :erlang.nif_error(:nif_not_loaded)
+  def port_please(_engine, _name, _ip), do: :erlang.nif_error(:nif_not_loaded)
+end

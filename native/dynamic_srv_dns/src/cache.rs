@@ -1,0 +1,250 @@
+//! The address cache shared by the epmd module and the membership poller.
+//!
+//! Entries are keyed by node name and address family. An entry is *fresh* until
+//! `max(ttl, min_ttl)` has passed, then *stale* for `max_stale` more, during which it is still
+//! served when DNS fails. A lookup that fails marks the entry, and while that mark is recent
+//! (younger than `min_ttl`) the stale entry is answered at once instead of waiting on a DNS
+//! server that is known to be down.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How many entries the cache holds before it drops the ones past their stale window.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    pub fn matches(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::Inet, IpAddr::V4(_)) | (Family::Inet6, IpAddr::V6(_))
+        )
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Inet => "IPv4",
+            Family::Inet6 => "IPv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub endpoint: SocketAddr,
+    pub fresh_until: Instant,
+    pub stale_until: Instant,
+    /// When the last refresh of this entry failed, if it did.
+    pub failed_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    Fresh(SocketAddr),
+    /// Expired, but DNS failed recently: answer with this and refresh in the background.
+    StaleDuringOutage(SocketAddr),
+    /// Nothing usable without asking DNS (an expired entry is still kept as a fallback).
+    Miss,
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    entries: Mutex<HashMap<(String, Family), Entry>>,
+    capacity: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+}
+
+impl Cache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, key: &str, family: Family, outage_window: Duration, now: Instant) -> Cached {
+        let entries = self.lock();
+        let Some(entry) = entries.get(&(key.to_string(), family)) else {
+            return Cached::Miss;
+        };
+        if now < entry.fresh_until {
+            Cached::Fresh(entry.endpoint)
+        } else if now < entry.stale_until
+            && entry
+                .failed_at
+                .is_some_and(|failed| now.saturating_duration_since(failed) < outage_window)
+        {
+            Cached::StaleDuringOutage(entry.endpoint)
+        } else {
+            Cached::Miss
+        }
+    }
+
+    /// Stores a fresh answer, `hold` being `max(ttl, min_ttl)`.
+    pub fn insert(
+        &self,
+        key: &str,
+        family: Family,
+        endpoint: SocketAddr,
+        hold: Duration,
+        max_stale: Duration,
+        now: Instant,
+    ) {
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity {
+            entries.retain(|_, entry| now < entry.stale_until);
+            if entries.len() >= self.capacity {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "address cache full, answer not cached"
+                );
+                return;
+            }
+        }
+        let fresh_until = now + hold;
+        entries.insert(
+            (key.to_string(), family),
+            Entry {
+                endpoint,
+                fresh_until,
+                stale_until: fresh_until + max_stale,
+                failed_at: None,
+            },
+        );
+    }
+
+    /// Records a failed refresh and returns the stale endpoint to fall back on, if any.
+    pub fn fail(&self, key: &str, family: Family, now: Instant) -> Option<SocketAddr> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&(key.to_string(), family))?;
+        if now >= entry.stale_until {
+            return None;
+        }
+        entry.failed_at = Some(now);
+        Some(entry.endpoint)
+    }
+
+    /// Forgets a name DNS says no longer exists.
+    pub fn remove(&self, key: &str, family: Family) {
+        self.lock().remove(&(key.to_string(), family));
+    }
+
+    /// Any endpoint known for this node name part and address, fresh or stale; used by
+    /// `port_please`, which OTP gives only the name part and the IP.
+    pub fn port_for(&self, name: &str, ip: IpAddr) -> Option<u16> {
+        let prefix = format!("{}@", name.to_ascii_lowercase());
+        self.lock()
+            .iter()
+            .find(|((key, _), entry)| key.starts_with(&prefix) && entry.endpoint.ip() == ip)
+            .map(|(_, entry)| entry.endpoint.port())
+    }
+
+    pub fn entry(&self, key: &str, family: Family) -> Option<Entry> {
+        self.lock().get(&(key.to_string(), family)).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Family), Entry>> {
+        // A panic while holding the lock cannot leave a half-written entry behind (every
+        // mutation is a single insert/remove), so a poisoned lock is safe to keep using.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn fresh_then_miss_then_stale_during_outage() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), 5 * SEC, 60 * SEC, t0);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0),
+            Cached::Fresh(addr(1))
+        );
+        assert_eq!(cache.get("a@h", Family::Inet6, 5 * SEC, t0), Cached::Miss);
+        // Expired with no failure seen: ask DNS.
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 6 * SEC),
+            Cached::Miss
+        );
+        // The refresh failed: the stale endpoint is the fallback and is served at once.
+        assert_eq!(cache.fail("a@h", Family::Inet, t0 + 6 * SEC), Some(addr(1)));
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 7 * SEC),
+            Cached::StaleDuringOutage(addr(1))
+        );
+        // Once the outage mark is old, DNS is asked again.
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 12 * SEC),
+            Cached::Miss
+        );
+        // Past the stale window nothing is served.
+        assert_eq!(cache.fail("a@h", Family::Inet, t0 + 70 * SEC), None);
+    }
+
+    #[test]
+    fn a_new_answer_clears_the_failure() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 60 * SEC, t0);
+        cache.fail("a@h", Family::Inet, t0 + 2 * SEC);
+        cache.insert("a@h", Family::Inet, addr(2), SEC, 60 * SEC, t0 + 3 * SEC);
+        assert_eq!(cache.entry("a@h", Family::Inet).unwrap().failed_at, None);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, SEC, t0 + 3 * SEC),
+            Cached::Fresh(addr(2))
+        );
+    }
+
+    #[test]
+    fn capacity_drops_dead_entries_first_and_never_grows_past_it() {
+        let cache = Cache::with_capacity(2);
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, SEC, t0);
+        cache.insert("b@h", Family::Inet, addr(2), SEC, SEC, t0);
+        cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.entry("c@h", Family::Inet).is_none());
+        cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0 + 3 * SEC);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.entry("c@h", Family::Inet).is_some());
+    }
+
+    #[test]
+    fn port_for_matches_name_part_and_ip() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("app@h.x", Family::Inet, addr(4370), SEC, SEC, t0);
+        assert_eq!(cache.port_for("APP", addr(0).ip()), Some(4370));
+        assert_eq!(cache.port_for("ap", addr(0).ip()), None);
+        assert_eq!(cache.port_for("app", "127.0.0.2".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Configuration read from environment variables when distribution starts.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+pub const ERL_DIST_PORT: &str = "ERL_DIST_PORT";
+pub const NAMESERVERS: &str = "DYNAMIC_SRV_NAMESERVERS";
+pub const PORT_MODE: &str = "DYNAMIC_SRV_PORT_MODE";
+pub const LOOKUP_TIMEOUT_MS: &str = "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS";
+pub const MIN_TTL_MS: &str = "DYNAMIC_SRV_MIN_TTL_MS";
+pub const MAX_STALE_S: &str = "DYNAMIC_SRV_MAX_STALE_S";
+
+/// Every variable this library reads, so callers can pass just these across the NIF boundary.
+pub const VARIABLES: [&str; 6] = [
+    ERL_DIST_PORT,
+    NAMESERVERS,
+    PORT_MODE,
+    LOOKUP_TIMEOUT_MS,
+    MIN_TTL_MS,
+    MAX_STALE_S,
+];
+
+/// How the distribution port of a peer is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortMode {
+    /// From the SRV record `name.host` of node `name@host`.
+    Srv,
+    /// From the trailing digits of the node name: `app-4370@host` listens on 4370.
+    Name,
+    /// Every node listens on `ERL_DIST_PORT`.
+    Static,
+}
+
+impl fmt::Display for PortMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Srv => "srv",
+            Self::Name => "name",
+            Self::Static => "static",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's listen port. Required in `srv` and `static` modes.
+    pub dist_port: Option<u16>,
+    /// Empty means the system resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub port_mode: PortMode,
+    /// Upper bound for one whole lookup (SRV plus, when needed, the address query).
+    pub lookup_timeout: Duration,
+    /// Answers are kept fresh at least this long, whatever their TTL: Consul and dnsmasq
+    /// answer with TTL 0 by default, and a cache that only honoured TTLs would never hit.
+    pub min_ttl: Duration,
+    /// How long past expiry an answer is still served while DNS is failing.
+    pub max_stale: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            dist_port: None,
+            nameservers: Vec::new(),
+            port_mode: PortMode::Srv,
+            lookup_timeout: Duration::from_millis(3000),
+            min_ttl: Duration::from_millis(5000),
+            max_stale: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration. `get` returns a variable's value, `None` if unset.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+
+        let port_mode = match get(PORT_MODE) {
+            None => PortMode::Srv,
+            Some(value) => parse_port_mode(&value)?,
+        };
+
+        let dist_port = get(ERL_DIST_PORT)
+            .map(|value| parse_port(ERL_DIST_PORT, &value))
+            .transpose()?;
+        if dist_port.is_none() && port_mode != PortMode::Name {
+            return Err(ConfigError::MissingPort {
+                var: ERL_DIST_PORT,
+                mode: port_mode,
+            });
+        }
+
+        let nameservers = match get(NAMESERVERS) {
+            None => Vec::new(),
+            Some(value) => parse_nameservers(NAMESERVERS, &value)?,
+        };
+
+        let lookup_timeout = get(LOOKUP_TIMEOUT_MS)
+            .map(|v| {
+                parse_bounded(
+                    LOOKUP_TIMEOUT_MS,
+                    &v,
+                    10,
+                    60_000,
+                    "milliseconds from 10 to 60000",
+                )
+            })
+            .transpose()?
+            .map_or(defaults.lookup_timeout, Duration::from_millis);
+        let min_ttl = get(MIN_TTL_MS)
+            .map(|v| {
+                parse_bounded(
+                    MIN_TTL_MS,
+                    &v,
+                    0,
+                    86_400_000,
+                    "milliseconds from 0 to 86400000",
+                )
+            })
+            .transpose()?
+            .map_or(defaults.min_ttl, Duration::from_millis);
+        let max_stale = get(MAX_STALE_S)
+            .map(|v| parse_bounded(MAX_STALE_S, &v, 0, 31_536_000, "seconds from 0 to 31536000"))
+            .transpose()?
+            .map_or(defaults.max_stale, Duration::from_secs);
+
+        Ok(Self {
+            dist_port,
+            nameservers,
+            port_mode,
+            lookup_timeout,
+            min_ttl,
+            max_stale,
+        })
+    }
+}
+
+pub fn parse_port(var: &'static str, value: &str) -> Result<u16, ConfigError> {
+    let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<u16>() {
+        Ok(port) if port > 0 && digits_only => Ok(port),
+        _ => Err(ConfigError::InvalidPort {
+            var,
+            value: value.to_string(),
+        }),
+    }
+}
+
+pub fn parse_port_mode(value: &str) -> Result<PortMode, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "srv" => Ok(PortMode::Srv),
+        "name" => Ok(PortMode::Name),
+        "static" => Ok(PortMode::Static),
+        _ => Err(ConfigError::InvalidPortMode {
+            var: PORT_MODE,
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// Parses `ip:port[,ip:port...]`; `[v6]:port` for IPv6. A bare IP means port 53.
+pub fn parse_nameservers(var: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let invalid = |entry: &str| ConfigError::InvalidNameserver {
+        var,
+        value: value.to_string(),
+        entry: entry.to_string(),
+    };
+    let mut servers = Vec::new();
+    for entry in value.split(',') {
+        let entry = entry.trim();
+        let addr = entry
+            .parse::<SocketAddr>()
+            .or_else(|_| entry.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| invalid(entry))?;
+        if addr.port() == 0 {
+            return Err(invalid(entry));
+        }
+        servers.push(addr);
+    }
+    Ok(servers)
+}
+
+fn parse_bounded(
+    var: &'static str,
+    value: &str,
+    min: u64,
+    max: u64,
+    expected: &'static str,
+) -> Result<u64, ConfigError> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::InvalidNumber {
+            var,
+            value: value.to_string(),
+            expected,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_env(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_to_srv_mode_with_the_system_resolver() {
+        let config = from(&[(ERL_DIST_PORT, "4370")]).unwrap();
+        assert_eq!(config.port_mode, PortMode::Srv);
+        assert_eq!(config.dist_port, Some(4370));
+        assert!(config.nameservers.is_empty());
+        assert_eq!(config.min_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rejects_bad_ports_naming_variable_and_value() {
+        for bad in ["abc", "0", "70000", "-1", "", " 4370", "4370x", "+4370"] {
+            let err = from(&[(ERL_DIST_PORT, bad)]).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::InvalidPort {
+                    var: ERL_DIST_PORT,
+                    value: bad.into()
+                }
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("ERL_DIST_PORT={bad:?}")),
+                "{message}"
+            );
+            assert!(message.contains("1 to 65535"), "{message}");
+        }
+    }
+
+    #[test]
+    fn missing_port_is_an_error_except_in_name_mode() {
+        let err = from(&[]).unwrap_err();
+        assert!(
+            err.to_string().contains("ERL_DIST_PORT is not set"),
+            "{err}"
+        );
+        assert!(matches!(
+            from(&[(PORT_MODE, "static")]),
+            Err(ConfigError::MissingPort { .. })
+        ));
+        let config = from(&[(PORT_MODE, "name")]).unwrap();
+        assert_eq!(config.dist_port, None);
+    }
+
+    #[test]
+    fn parses_nameservers() {
+        let config = from(&[
+            (ERL_DIST_PORT, "1"),
+            (NAMESERVERS, "127.0.0.1:8600, [::1]:53,10.0.0.2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.nameservers,
+            vec![
+                "127.0.0.1:8600".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_nameservers() {
+        for (bad, entry) in [
+            ("localhost:53", "localhost:53"),
+            ("127.0.0.1:99999", "127.0.0.1:99999"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:53,", ""),
+            ("", ""),
+            ("::1:53:x", "::1:53:x"),
+        ] {
+            let err = from(&[(ERL_DIST_PORT, "1"), (NAMESERVERS, bad)]).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::InvalidNameserver {
+                    var: NAMESERVERS,
+                    value: bad.into(),
+                    entry: entry.into()
+                }
+            );
+            assert!(
+                err.to_string().contains("DYNAMIC_SRV_NAMESERVERS="),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_and_rejects_port_modes() {
+        for (text, mode) in [
+            ("srv", PortMode::Srv),
+            ("NAME", PortMode::Name),
+            ("static", PortMode::Static),
+        ] {
+            assert_eq!(parse_port_mode(text).unwrap(), mode);
+        }
+        let err = from(&[(ERL_DIST_PORT, "1"), (PORT_MODE, "dynamic")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "DYNAMIC_SRV_PORT_MODE=\"dynamic\" is not a port mode: expected srv, name or static"
+        );
+    }
+
+    #[test]
+    fn parses_and_bounds_timings() {
+        let config = from(&[
+            (ERL_DIST_PORT, "1"),
+            (LOOKUP_TIMEOUT_MS, "250"),
+            (MIN_TTL_MS, "0"),
+            (MAX_STALE_S, "60"),
+        ])
+        .unwrap();
+        assert_eq!(config.lookup_timeout, Duration::from_millis(250));
+        assert_eq!(config.min_ttl, Duration::ZERO);
+        assert_eq!(config.max_stale, Duration::from_secs(60));
+        let err = from(&[(ERL_DIST_PORT, "1"), (LOOKUP_TIMEOUT_MS, "5")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("DYNAMIC_SRV_LOOKUP_TIMEOUT_MS=\"5\""),
+            "{err}"
+        );
+    }
+}

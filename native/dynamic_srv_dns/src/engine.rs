@@ -1,0 +1,233 @@
+//! What `DynamicSrv.Epmd` asks: which port to listen on, and where a peer node is.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::cache::{Cache, Cached, Family};
+use crate::config::{Config, PortMode};
+use crate::error::{ConfigError, LookupError, NameError};
+use crate::naming::NodeName;
+use crate::resolver::Dns;
+use crate::srv;
+
+/// How a peer's endpoint is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    /// Known without DNS: an IP-literal host and a port from the name or the config.
+    Direct(SocketAddr),
+    /// SRV query on this name; port and (usually) address from its answer.
+    Srv(String),
+    /// A/AAAA query on the host; the port is already known.
+    Host(String, u16),
+}
+
+pub struct Engine {
+    config: Config,
+    dns: Dns,
+    cache: Arc<Cache>,
+    local: RwLock<Option<NodeName>>,
+}
+
+impl Engine {
+    /// Must be called inside a tokio runtime context (the resolver binds to it).
+    pub fn new(config: Config, cache: Arc<Cache>) -> Result<Self, ConfigError> {
+        // A third of the budget per attempt leaves room for the address query after the SRV.
+        let attempt_timeout = (config.lookup_timeout / 3).max(Duration::from_millis(10));
+        let dns = Dns::new(&config.nameservers, attempt_timeout)?;
+        Ok(Self {
+            config,
+            dns,
+            cache,
+            local: RwLock::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn dns(&self) -> &Dns {
+        &self.dns
+    }
+
+    /// The port this node listens on; 0 (any free port) for release helper nodes, which must
+    /// not take the port of the node they serve. Remembers the name for later lookups.
+    pub fn listen_port(&self, node: &str) -> Result<u16, NameError> {
+        let node = NodeName::parse(node)?;
+        let port = if node.is_helper() {
+            0
+        } else {
+            match self.config.port_mode {
+                PortMode::Name => node.port_from_name()?,
+                PortMode::Srv | PortMode::Static => self.config.dist_port.unwrap_or(0),
+            }
+        };
+        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
+        Ok(port)
+    }
+
+    /// Answers from memory only; never waits on DNS.
+    pub fn cached(&self, node: &str, family: Family) -> Result<Cached, LookupError> {
+        let node = NodeName::parse(node)?;
+        if let Plan::Direct(endpoint) = self.plan(&node, family)? {
+            return Ok(Cached::Fresh(endpoint));
+        }
+        Ok(self
+            .cache
+            .get(&node.key(), family, self.config.min_ttl, Instant::now()))
+    }
+
+    /// Asks DNS (bounded by the lookup timeout) and caches the answer. When DNS fails and an
+    /// expired answer is still within its stale window, that answer is returned instead.
+    pub async fn resolve(&self, node: &str, family: Family) -> Result<SocketAddr, LookupError> {
+        let node = NodeName::parse(node)?;
+        let key = node.key();
+        let found = match self.plan(&node, family)? {
+            Plan::Direct(endpoint) => return Ok(endpoint),
+            Plan::Srv(name) => self.bounded(&name, self.srv_endpoint(&name, family)).await,
+            Plan::Host(host, port) => {
+                let lookup = async {
+                    let (ip, ttl) = self.first_address(&host, family).await?;
+                    Ok((SocketAddr::new(ip, port), ttl))
+                };
+                self.bounded(&host, lookup).await
+            }
+        };
+        let now = Instant::now();
+        match found {
+            Ok((endpoint, ttl)) => {
+                let hold = Duration::from_secs(ttl.into()).max(self.config.min_ttl);
+                self.cache
+                    .insert(&key, family, endpoint, hold, self.config.max_stale, now);
+                tracing::debug!(node = %node, %endpoint, ttl, "resolved");
+                Ok(endpoint)
+            }
+            Err(error) if error.is_authoritative_absence() => {
+                self.cache.remove(&key, family);
+                tracing::debug!(node = %node, %error, "not in DNS");
+                Err(error)
+            }
+            Err(error) => match self.cache.fail(&key, family, now) {
+                Some(stale) => {
+                    tracing::warn!(node = %node, %error, endpoint = %stale, "DNS failed, using the last known address");
+                    Ok(stale)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The port of node `name` at `ip`, for `port_please`, which OTP calls only with the
+    /// name part and an address it got elsewhere.
+    pub fn port_please(&self, name: &str, ip: IpAddr) -> Option<u16> {
+        match self.config.port_mode {
+            PortMode::Name => NodeName {
+                name: name.to_string(),
+                host: ip.to_string(),
+            }
+            .port_from_name()
+            .ok(),
+            PortMode::Static => self.config.dist_port,
+            PortMode::Srv => self.cache.port_for(name, ip),
+        }
+    }
+
+    fn plan(&self, node: &NodeName, family: Family) -> Result<Plan, NameError> {
+        let port = if self.serves_local_helper(node) {
+            // A release helper (`bin/app rpc`) runs with the environment of the node it
+            // serves, so that node's port is ERL_DIST_PORT: no SRV query needed.
+            self.config.dist_port
+        } else {
+            None
+        };
+        let port = match (port, self.config.port_mode) {
+            (Some(port), _) => port,
+            (None, PortMode::Srv) => return Ok(Plan::Srv(node.srv_name()?)),
+            (None, PortMode::Name) => node.port_from_name()?,
+            (None, PortMode::Static) => self.config.dist_port.unwrap_or(0),
+        };
+        match node.host_ip() {
+            Some(ip) if family.matches(&ip) => Ok(Plan::Direct(SocketAddr::new(ip, port))),
+            _ => {
+                crate::naming::validate_dns_name(&node.host)?;
+                Ok(Plan::Host(node.host.clone(), port))
+            }
+        }
+    }
+
+    fn serves_local_helper(&self, node: &NodeName) -> bool {
+        let local = self.local.read().unwrap_or_else(|p| p.into_inner());
+        local
+            .as_ref()
+            .and_then(NodeName::helper_target)
+            .is_some_and(|served| served.key() == node.key())
+    }
+
+    async fn srv_endpoint(
+        &self,
+        name: &str,
+        family: Family,
+    ) -> Result<(SocketAddr, u32), LookupError> {
+        let answer = self.dns.srv(name).await?;
+        let record =
+            srv::select(&answer.records, rand::random()).ok_or_else(|| LookupError::NoRecords {
+                name: name.to_string(),
+                record_type: "SRV",
+            })?;
+        let (ip, address_ttl) = match answer.address_of(&record.target, family) {
+            Some(found) => found,
+            None => {
+                self.first_address(&record.target, family)
+                    .await
+                    .map_err(|error| match error {
+                        LookupError::NxDomain { .. } | LookupError::NoRecords { .. } => {
+                            LookupError::NoAddress {
+                                name: name.to_string(),
+                                target: record.target.clone(),
+                                family: family.label(),
+                            }
+                        }
+                        other => other,
+                    })?
+            }
+        };
+        Ok((
+            SocketAddr::new(ip, record.port),
+            record.ttl.min(address_ttl),
+        ))
+    }
+
+    async fn first_address(
+        &self,
+        host: &str,
+        family: Family,
+    ) -> Result<(IpAddr, u32), LookupError> {
+        let addresses = self.dns.addresses(host, family).await?;
+        Ok(addresses[0])
+    }
+
+    async fn bounded<T>(
+        &self,
+        name: &str,
+        lookup: impl Future<Output = Result<T, LookupError>>,
+    ) -> Result<T, LookupError> {
+        let budget = self.config.lookup_timeout;
+        match tokio::time::timeout(budget, lookup).await {
+            Ok(Err(LookupError::Timeout { name, .. })) => Err(LookupError::Timeout {
+                name,
+                after: budget,
+            }),
+            Ok(result) => result,
+            Err(_) => Err(LookupError::Timeout {
+                name: name.to_string(),
+                after: budget,
+            }),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The DNS half of libcluster_dynamic_srv, free of any NIF code so `cargo test` covers it:
+//! configuration from the environment, node name <-> DNS name mapping, SRV/A/AAAA lookups
+//! through hickory-resolver, and the address cache the epmd module answers from.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod naming;
+pub mod resolver;
+pub mod srv;
+
+pub use cache::{Cache, Cached, Family};
+pub use config::{Config, PortMode};
+pub use engine::Engine;
+pub use error::{ConfigError, LookupError, NameError};
+pub use naming::NodeName;

@@ -1,0 +1,202 @@
+//! rustler glue: terms in, terms out. All DNS, naming and caching logic lives in the
+//! `dynamic_srv_dns` crate; this file only converts and schedules.
+//!
+//! Lookups run on one tokio worker thread owned by the library, never on a BEAM scheduler,
+//! and report back by message. Cache hits are answered synchronously.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use dynamic_srv_dns::config::VARIABLES;
+use dynamic_srv_dns::{Cache, Cached, Config, Engine, Family, LookupError};
+use rustler::types::tuple::{get_tuple, make_tuple};
+use rustler::{Atom, Encoder, Env, Error, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
+use tokio::runtime::Runtime;
+
+mod atoms {
+    rustler::atoms! { ok, error, miss, inet, inet6, noport, runtime_unavailable }
+}
+
+struct EngineResource(Arc<Engine>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for EngineResource {}
+
+/// One worker thread is plenty: lookups are I/O bound and few.
+fn runtime() -> Result<&'static Runtime, String> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(1)
+                .thread_name("dynamic_srv_dns")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the DNS runtime thread: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// One cache per VM, shared by every engine: what the membership poller learns is what the
+/// epmd module answers from.
+fn shared_cache() -> Arc<Cache> {
+    static CACHE: OnceLock<Arc<Cache>> = OnceLock::new();
+    CACHE.get_or_init(|| Arc::new(Cache::default())).clone()
+}
+
+/// `env` holds the environment variables by name; absent keys are unset variables.
+/// Returns `{:ok, engine}` or `{:error, message}`, the message naming the bad variable.
+#[rustler::nif]
+fn configure(env: Env<'_>, vars: HashMap<String, String>) -> Term<'_> {
+    let build = || -> Result<ResourceArc<EngineResource>, String> {
+        let config = Config::from_env(|var| vars.get(var).cloned()).map_err(|e| e.to_string())?;
+        let runtime = runtime()?;
+        let _context = runtime.enter();
+        let engine = Engine::new(config, shared_cache()).map_err(|e| e.to_string())?;
+        Ok(ResourceArc::new(EngineResource(Arc::new(engine))))
+    };
+    match build() {
+        Ok(engine) => (atoms::ok(), engine).encode(env),
+        Err(message) => (atoms::error(), message).encode(env),
+    }
+}
+
+#[rustler::nif]
+fn variables() -> Vec<&'static str> {
+    VARIABLES.to_vec()
+}
+
+#[rustler::nif]
+fn lookup_timeout_ms(engine: ResourceArc<EngineResource>) -> u64 {
+    engine.0.config().lookup_timeout.as_millis() as u64
+}
+
+#[rustler::nif]
+fn listen_port(engine: ResourceArc<EngineResource>, node: String) -> Result<u16, String> {
+    engine.0.listen_port(&node).map_err(|e| e.to_string())
+}
+
+/// `{:ok, ip, port}`, `:miss`, or `{:error, reason, message}`; never touches the network.
+/// An expired entry served during a DNS outage is refreshed in the background.
+#[rustler::nif]
+fn lookup_cached<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    node: String,
+    family: Atom,
+) -> NifResult<Term<'a>> {
+    let family = decode_family(family)?;
+    Ok(match engine.0.cached(&node, family) {
+        Ok(Cached::Fresh(endpoint)) => ok_endpoint(env, endpoint),
+        Ok(Cached::StaleDuringOutage(endpoint)) => {
+            if let Ok(runtime) = runtime() {
+                let engine = engine.0.clone();
+                runtime.spawn(async move {
+                    // The outcome lands in the cache; a failure just keeps the stale entry.
+                    let _ = engine.resolve(&node, family).await;
+                });
+            }
+            ok_endpoint(env, endpoint)
+        }
+        Ok(Cached::Miss) => atoms::miss().encode(env),
+        Err(error) => lookup_error(env, &error),
+    })
+}
+
+/// Starts a lookup and returns at once; `pid` later receives `{tag, result}` where result is
+/// as for `lookup_cached/3`, never `:miss`.
+#[rustler::nif]
+fn lookup<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    node: String,
+    family: Atom,
+    pid: LocalPid,
+    tag: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let family = decode_family(family)?;
+    let Ok(runtime) = runtime() else {
+        return Ok((atoms::error(), atoms::runtime_unavailable()).encode(env));
+    };
+    let mut reply = OwnedEnv::new();
+    let tag = reply.save(tag);
+    let engine = engine.0.clone();
+    runtime.spawn(async move {
+        let result = engine.resolve(&node, family).await;
+        let _ = reply.send_and_clear(&pid, |env| {
+            let result = match result {
+                Ok(endpoint) => ok_endpoint(env, endpoint),
+                Err(error) => lookup_error(env, &error),
+            };
+            (tag.load(env), result).encode(env)
+        });
+    });
+    Ok(atoms::ok().encode(env))
+}
+
+/// The port of node `name` at `ip`, or `:noport`.
+#[rustler::nif]
+fn port_please<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    name: String,
+    ip: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let ip = decode_ip(ip)?;
+    Ok(match engine.0.port_please(&name, ip) {
+        Some(port) => (atoms::ok(), port).encode(env),
+        None => atoms::noport().encode(env),
+    })
+}
+
+fn decode_family(family: Atom) -> NifResult<Family> {
+    if family == atoms::inet() {
+        Ok(Family::Inet)
+    } else if family == atoms::inet6() {
+        Ok(Family::Inet6)
+    } else {
+        Err(Error::BadArg)
+    }
+}
+
+fn ok_endpoint(env: Env<'_>, endpoint: SocketAddr) -> Term<'_> {
+    (atoms::ok(), encode_ip(env, endpoint.ip()), endpoint.port()).encode(env)
+}
+
+fn lookup_error<'a>(env: Env<'a>, error: &LookupError) -> Term<'a> {
+    let reason = Atom::from_str(env, error.reason())
+        .map_or_else(|_| atoms::error().encode(env), |a| a.encode(env));
+    (atoms::error(), reason, error.to_string()).encode(env)
+}
+
+fn encode_ip(env: Env<'_>, ip: IpAddr) -> Term<'_> {
+    let parts: Vec<Term> = match ip {
+        IpAddr::V4(v4) => v4.octets().iter().map(|o| o.encode(env)).collect(),
+        IpAddr::V6(v6) => v6.segments().iter().map(|s| s.encode(env)).collect(),
+    };
+    make_tuple(env, &parts)
+}
+
+fn decode_ip(term: Term) -> NifResult<IpAddr> {
+    let parts = get_tuple(term)?;
+    match parts.len() {
+        4 => {
+            let octets: Vec<u8> = parts.iter().map(|t| t.decode()).collect::<NifResult<_>>()?;
+            Ok(IpAddr::V4(Ipv4Addr::new(
+                octets[0], octets[1], octets[2], octets[3],
+            )))
+        }
+        8 => {
+            let s: Vec<u16> = parts.iter().map(|t| t.decode()).collect::<NifResult<_>>()?;
+            Ok(IpAddr::V6(Ipv6Addr::new(
+                s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+            )))
+        }
+        _ => Err(Error::BadArg),
+    }
+}
+
+rustler::init!("Elixir.DynamicSrv.Native");

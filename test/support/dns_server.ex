@@ -1,0 +1,131 @@
+defmodule DynamicSrv.Test.DnsServer do
+  @moduledoc false
+  # A real dnsmasq on a free loopback port, serving the records a test gives it, logging
+  # every query. Stopped by its OS pid; the port owner (the test process) dying stops it too.
+
+  defstruct [:port, :os_pid, :owner_port, :dir, :records]
+
+  @dnsmasq "/usr/sbin/dnsmasq"
+
+  @doc """
+  Records: `{:srv, name, target, port}`, `{:srv, name, target, port, priority, weight}`,
+  `{:a, name, ip_string}` (IPv4 or IPv6).
+  """
+  def start!(records, opts \\ []) do
+    unless File.exists?(@dnsmasq) do
+      raise "dnsmasq not found at #{@dnsmasq}: apt-get install dnsmasq-base (./scripts/test does)"
+    end
+
+    dir = Path.join(System.tmp_dir!(), "dynamic_srv_dns_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    port = Keyword.get_lazy(opts, :port, &DynamicSrv.Test.Ports.free/0)
+    start_on(port, records, dir, opts)
+  end
+
+  defp start_on(port, records, dir, opts) do
+    args =
+      [
+        "--no-daemon",
+        "--port=#{port}",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=#{System.get_env("USER", "root")}",
+        "--pid-file=#{dir}/pid",
+        "--log-queries",
+        "--log-facility=#{dir}/log"
+      ] ++
+        Enum.map(Keyword.get(opts, :extra, []), & &1) ++
+        Enum.map(records, &record_arg/1)
+
+    owner =
+      Port.open({:spawn_executable, @dnsmasq}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        args: args
+      ])
+
+    {:os_pid, os_pid} = Port.info(owner, :os_pid)
+
+    server = %__MODULE__{
+      port: port,
+      os_pid: os_pid,
+      owner_port: owner,
+      dir: dir,
+      records: records
+    }
+
+    wait_until_answering!(server)
+    server
+  end
+
+  @doc "Stops the server and starts it again on the same port with new records."
+  def restart!(%__MODULE__{} = server, records, opts \\ []) do
+    stop(server)
+    start_on(server.port, records, server.dir, opts)
+  end
+
+  def stop(%__MODULE__{os_pid: os_pid, owner_port: owner}) do
+    System.cmd("kill", ["-TERM", Integer.to_string(os_pid)], stderr_to_stdout: true)
+    wait_exit(owner)
+  end
+
+  def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
+
+  @doc "The query lines dnsmasq logged, e.g. `query[SRV] n1.dyn.test from 127.0.0.1`."
+  def queries(%__MODULE__{dir: dir}) do
+    case File.read(Path.join(dir, "log")) do
+      {:ok, text} ->
+        for line <- String.split(text, "\n"),
+            [_, q] <- [Regex.run(~r/dnsmasq\[\d+\]: (query\[.*)$/, line)],
+            do: q
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  defp record_arg({:srv, name, target, port}), do: "--srv-host=#{name},#{target},#{port}"
+
+  defp record_arg({:srv, name, target, port, prio, weight}),
+    do: "--srv-host=#{name},#{target},#{port},#{prio},#{weight}"
+
+  defp record_arg({:a, name, ip}), do: "--host-record=#{name},#{ip}"
+
+  defp wait_until_answering!(server, attempts \\ 100) do
+    query = Path.join(server.dir, "log")
+
+    cond do
+      File.exists?(query) and File.read!(query) =~ "started" ->
+        :ok
+
+      attempts == 0 ->
+        stop(server)
+        raise "dnsmasq did not start on port #{server.port}"
+
+      true ->
+        receive do
+          {port, {:exit_status, status}} when port == server.owner_port ->
+            raise "dnsmasq exited with status #{status} on port #{server.port}"
+        after
+          50 -> wait_until_answering!(server, attempts - 1)
+        end
+    end
+  end
+
+  defp wait_exit(owner) do
+    receive do
+      {^owner, {:exit_status, _}} -> :ok
+    after
+      5_000 -> :ok
+    end
+
+    receive do
+      {^owner, {:data, _}} -> :ok
+    after
+      0 -> :ok
+    end
+  end
+end

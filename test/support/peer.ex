@@ -1,0 +1,194 @@
+defmodule DynamicSrv.Test.Peer do
+  @moduledoc false
+  # Boots a real BEAM node as an OS process with our epmd module and no epmd daemon, and
+  # drives it through DynamicSrv.Test.NodeAgent over stdin/stdout. Ended by its OS pid.
+
+  defstruct [:name, :os_pid, :port, :env]
+
+  @cookie "dynamic_srv_test"
+
+  @doc """
+  Starts a node named `name` (e.g. `"n1@dyn.test"`) with the given environment. Every node
+  gets `ERL_EPMD_PORT` pointing at a port where nothing listens, so any use of epmd fails.
+  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default).
+  """
+  def start!(name, env, opts \\ []) do
+    case start(name, env, opts) do
+      {:ok, peer} -> peer
+      {:error, status, output} -> raise "node #{name} exited with #{status} at boot:\n#{output}"
+    end
+  end
+
+  @doc "Starts a node; `{:error, exit_status, output}` if it dies before it is ready."
+  def start(name, env, opts \\ []) do
+    erl = System.find_executable("erl") || raise "erl not found"
+
+    args =
+      [
+        "-noshell",
+        "-start_epmd",
+        "false",
+        "-epmd_module",
+        "Elixir.DynamicSrv.Epmd",
+        Keyword.get(opts, :dist, "-name"),
+        name,
+        "-setcookie",
+        @cookie
+      ] ++
+        Enum.flat_map(code_paths(), &["-pa", &1]) ++
+        Keyword.get(opts, :erl_args, []) ++
+        ["-s", "Elixir.DynamicSrv.Test.NodeAgent", "main"]
+
+    port =
+      Port.open({:spawn_executable, erl}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 1_000_000},
+        args: args,
+        env: port_env(env)
+      ])
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    peer = %__MODULE__{name: String.to_atom(name), os_pid: os_pid, port: port, env: env}
+
+    case await_ready(port, []) do
+      :ok -> {:ok, peer}
+      {:exit, status, output} -> {:error, status, output}
+    end
+  end
+
+  @doc "Boots a node expected to refuse to start; returns `{exit_status, output}`."
+  def boot_failure(name, env, opts \\ []) do
+    case start(name, env, opts) do
+      {:error, status, output} ->
+        {status, output}
+
+      {:ok, peer} ->
+        stop(peer)
+        flunk_started(name)
+    end
+  end
+
+  defp flunk_started(name),
+    do: raise(ExUnit.AssertionError, "node #{name} started but was expected to refuse")
+
+  @doc "Applies `m.f(a...)` on the peer and returns the result (re-raising its exceptions)."
+  def call(%__MODULE__{port: port} = peer, m, f, a, timeout \\ 30_000) do
+    Port.command(port, Base.encode64(:erlang.term_to_binary({m, f, a})) <> "\n")
+    await_reply(peer, timeout)
+  end
+
+  @doc "Stops the node gracefully, then by SIGKILL on its OS pid if it lingers."
+  def stop(%__MODULE__{port: port, os_pid: os_pid}) do
+    if Port.info(port) do
+      Port.close(port)
+    end
+
+    # Closing stdin makes the agent halt; make sure.
+    unless wait_gone(os_pid, 50) do
+      kill(os_pid)
+      wait_gone(os_pid, 50)
+    end
+
+    :ok
+  end
+
+  @doc "SIGKILLs the node, as a crash would."
+  def kill(%__MODULE__{os_pid: os_pid} = peer) do
+    kill(os_pid)
+    wait_gone(os_pid, 100)
+    if Port.info(peer.port), do: Port.close(peer.port)
+    :ok
+  end
+
+  def kill(os_pid) when is_integer(os_pid) do
+    System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
+  end
+
+  defp wait_gone(_os_pid, 0), do: false
+
+  defp wait_gone(os_pid, tries) do
+    if File.exists?("/proc/#{os_pid}") and not zombie?(os_pid) do
+      Process.sleep(20)
+      wait_gone(os_pid, tries - 1)
+    else
+      true
+    end
+  end
+
+  defp zombie?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> stat |> String.split(") ") |> List.last() |> String.starts_with?("Z")
+      _ -> true
+    end
+  end
+
+  defp code_paths do
+    own = :code.lib_dir(:libcluster_dynamic_srv) |> to_string() |> Path.join("ebin")
+    elixir = :code.lib_dir(:elixir) |> to_string() |> Path.join("ebin")
+    logger = :code.lib_dir(:logger) |> to_string() |> Path.join("ebin")
+    [own, elixir, logger]
+  end
+
+  # Start from a clean slate: no inherited distribution or DynamicSrv settings.
+  defp port_env(env) do
+    cleared =
+      for var <- ~w(ERL_DIST_PORT DYNAMIC_SRV_NAMESERVERS DYNAMIC_SRV_PORT_MODE
+                    DYNAMIC_SRV_LOOKUP_TIMEOUT_MS DYNAMIC_SRV_MIN_TTL_MS DYNAMIC_SRV_MAX_STALE_S
+                    ERL_AFLAGS ERL_FLAGS ERL_ZFLAGS ELIXIR_ERL_OPTIONS),
+          do: {String.to_charlist(var), false}
+
+    defaults = %{
+      "ERL_EPMD_PORT" => Integer.to_string(dead_port()),
+      "ERL_CRASH_DUMP_SECONDS" => "0"
+    }
+
+    set =
+      for {k, v} <- Map.merge(defaults, env),
+          do: {String.to_charlist(k), v && String.to_charlist(v)}
+
+    cleared ++ set
+  end
+
+  @doc "A port nothing listens on, shared by every node of the run, used as ERL_EPMD_PORT."
+  def dead_port do
+    case :persistent_term.get({__MODULE__, :dead_port}, nil) do
+      nil ->
+        port = DynamicSrv.Test.Ports.free()
+        :persistent_term.put({__MODULE__, :dead_port}, port)
+        port
+
+      port ->
+        port
+    end
+  end
+
+  defp await_ready(port, acc) do
+    receive do
+      {^port, {:data, {:eol, "READY " <> _}}} -> :ok
+      {^port, {:data, {_, line}}} -> await_ready(port, [line | acc])
+      {^port, {:exit_status, status}} -> {:exit, status, acc |> Enum.reverse() |> Enum.join("\n")}
+    after
+      30_000 -> {:exit, :timeout, acc |> Enum.reverse() |> Enum.join("\n")}
+    end
+  end
+
+  defp await_reply(%__MODULE__{port: port, name: name} = peer, timeout) do
+    receive do
+      {^port, {:data, {:eol, "REPLY " <> encoded}}} ->
+        case :erlang.binary_to_term(Base.decode64!(encoded)) do
+          {:ok, result} -> result
+          {:raise, kind, reason} -> :erlang.raise(kind, reason, [])
+        end
+
+      {^port, {:data, _other_output}} ->
+        await_reply(peer, timeout)
+
+      {^port, {:exit_status, status}} ->
+        raise "node #{name} exited with status #{status}"
+    after
+      timeout -> raise "node #{name} did not answer within #{timeout} ms"
+    end
+  end
+end
