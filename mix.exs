@@ -19,7 +19,7 @@ defmodule DynamicSrv.MixProject do
       description:
         "Cluster BEAM nodes without epmd, on dynamic ports, through DNS SRV records (Rust NIF)",
       package: [
-        licenses: ["Apache-2.0"],
+        licenses: ["MIT"],
         files: ~w(lib mix native/dynamic_srv_dns/src native/dynamic_srv_dns/Cargo.toml
                   native/dynamic_srv_nif/src native/dynamic_srv_nif/Cargo.toml
                   Cargo.toml Cargo.lock mix.exs README.md LICENSE)

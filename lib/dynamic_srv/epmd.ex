@@ -99,10 +99,15 @@ defmodule DynamicSrv.Epmd do
 
   defp configure do
     with :ok <- Native.load(),
-         {:ok, engine} <- Native.configure(environment()) do
+         {:ok, engine} <- Native.configure(Native.environment()) do
       state = {engine, Native.lookup_timeout_ms(engine)}
       :persistent_term.put(@engine, state)
       {:ok, state}
+    else
+      # Never keep answering with an earlier configuration once the environment is bad.
+      {:error, _message} = error ->
+        :persistent_term.erase(@engine)
+        error
     end
   end
 
@@ -111,10 +116,6 @@ defmodule DynamicSrv.Epmd do
       nil -> configure()
       state -> {:ok, state}
     end
-  end
-
-  defp environment do
-    for var <- Native.variables(), value = System.get_env(var), into: %{}, do: {var, value}
   end
 
   # This runs inside net_kernel, so the lookup result comes back through a short-lived proxy

@@ -9,6 +9,12 @@ defmodule DynamicSrv.Native do
   @library "libdynamic_srv_nif"
 
   @doc false
+  @spec environment() :: %{String.t() => String.t()}
+  def environment do
+    for var <- variables(), value = System.get_env(var), into: %{}, do: {var, value}
+  end
+
+  @doc false
   @spec load() :: :ok | {:error, String.t()}
   def load do
     if :persistent_term.get({__MODULE__, :loaded}, false) do
@@ -52,4 +58,9 @@ defmodule DynamicSrv.Native do
   def lookup_cached(_engine, _node, _family), do: :erlang.nif_error(:nif_not_loaded)
   def lookup(_engine, _node, _family, _pid, _tag), do: :erlang.nif_error(:nif_not_loaded)
   def port_please(_engine, _name, _ip), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_new(_vars, _options), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_poll(_topology, _pid, _tag), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_apply(_topology, _records), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_fail(_topology, _reason), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_members(_topology), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -19,7 +19,7 @@ defmodule DynamicSrv.Integration.SrvModeTest do
       end)
 
     dns = DnsServer.start!(records)
-    on_exit(fn -> DnsServer.stop(dns) end)
+    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
 
     peers =
       for n <- nodes do

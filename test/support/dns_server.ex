@@ -16,7 +16,13 @@ defmodule DynamicSrv.Test.DnsServer do
       raise "dnsmasq not found at #{@dnsmasq}: apt-get install dnsmasq-base (./scripts/test does)"
     end
 
-    dir = Path.join(System.tmp_dir!(), "dynamic_srv_dns_#{System.unique_integer([:positive])}")
+    dir =
+      Path.join(
+        System.tmp_dir!(),
+        "dynamic_srv_dns_#{:os.getpid()}_#{System.unique_integer([:positive])}"
+      )
+
+    File.rm_rf!(dir)
     File.mkdir_p!(dir)
     port = Keyword.get_lazy(opts, :port, &DynamicSrv.Test.Ports.free/0)
     start_on(port, records, dir, opts)
@@ -67,9 +73,39 @@ defmodule DynamicSrv.Test.DnsServer do
     start_on(server.port, records, server.dir, opts)
   end
 
-  def stop(%__MODULE__{os_pid: os_pid, owner_port: owner}) do
+  # Waits on /proc rather than on the port's exit_status: in on_exit callbacks the caller is
+  # not the port owner and would never receive it.
+  def stop(%__MODULE__{os_pid: os_pid}) do
     System.cmd("kill", ["-TERM", Integer.to_string(os_pid)], stderr_to_stdout: true)
-    wait_exit(owner)
+
+    unless gone_within?(os_pid, 250) do
+      System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
+      gone_within?(os_pid, 250)
+    end
+
+    :ok
+  end
+
+  defp gone_within?(os_pid, tries) do
+    cond do
+      not alive?(os_pid) -> true
+      tries == 0 -> false
+      true -> Process.sleep(20) && gone_within?(os_pid, tries - 1)
+    end
+  end
+
+  defp alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+      _ -> false
+    end
+  end
+
+  @doc "Stops the server and removes its files."
+  def stop_and_clean(%__MODULE__{dir: dir} = server) do
+    stop(server)
+    File.rm_rf(dir)
+    :ok
   end
 
   def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
@@ -112,20 +148,6 @@ defmodule DynamicSrv.Test.DnsServer do
         after
           50 -> wait_until_answering!(server, attempts - 1)
         end
-    end
-  end
-
-  defp wait_exit(owner) do
-    receive do
-      {^owner, {:exit_status, _}} -> :ok
-    after
-      5_000 -> :ok
-    end
-
-    receive do
-      {^owner, {:data, _}} -> :ok
-    after
-      0 -> :ok
     end
   end
 end

@@ -79,18 +79,19 @@ defmodule DynamicSrv.Test.Peer do
     await_reply(peer, timeout)
   end
 
-  @doc "Stops the node gracefully, then by SIGKILL on its OS pid if it lingers."
+  @doc "Halts the node, then SIGKILLs its OS pid if it has not exited within 5 s."
   def stop(%__MODULE__{port: port, os_pid: os_pid}) do
     if Port.info(port) do
-      Port.close(port)
+      Port.command(port, Base.encode64(:erlang.term_to_binary({:erlang, :halt, [0]})) <> "\n")
+
+      receive do
+        {^port, {:exit_status, _}} -> :ok
+      after
+        5_000 -> kill(os_pid)
+      end
     end
 
-    # Closing stdin makes the agent halt; make sure.
-    unless wait_gone(os_pid, 50) do
-      kill(os_pid)
-      wait_gone(os_pid, 50)
-    end
-
+    wait_gone(os_pid, 100) || (kill(os_pid) && wait_gone(os_pid, 100))
     :ok
   end
 

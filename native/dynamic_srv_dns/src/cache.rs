@@ -28,6 +28,13 @@ impl Family {
         )
     }
 
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Family::Inet => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            Family::Inet6 => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Family::Inet => "IPv4",

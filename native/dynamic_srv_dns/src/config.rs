@@ -76,13 +76,10 @@ impl Default for Config {
 impl Config {
     /// Reads and validates the configuration. `get` returns a variable's value, `None` if unset.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let defaults = Self::default();
-
         let port_mode = match get(PORT_MODE) {
             None => PortMode::Srv,
             Some(value) => parse_port_mode(&value)?,
         };
-
         let dist_port = get(ERL_DIST_PORT)
             .map(|value| parse_port(ERL_DIST_PORT, &value))
             .transpose()?;
@@ -92,12 +89,21 @@ impl Config {
                 mode: port_mode,
             });
         }
+        Ok(Self {
+            dist_port,
+            port_mode,
+            ..Self::discovery_from_env(get)?
+        })
+    }
 
+    /// Only the resolver settings (nameservers, timeouts, cache), for the membership poller,
+    /// which also runs on nodes that do not use the epmd module and have no ERL_DIST_PORT.
+    pub fn discovery_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
         let nameservers = match get(NAMESERVERS) {
             None => Vec::new(),
             Some(value) => parse_nameservers(NAMESERVERS, &value)?,
         };
-
         let lookup_timeout = get(LOOKUP_TIMEOUT_MS)
             .map(|v| {
                 parse_bounded(
@@ -126,14 +132,12 @@ impl Config {
             .map(|v| parse_bounded(MAX_STALE_S, &v, 0, 31_536_000, "seconds from 0 to 31536000"))
             .transpose()?
             .map_or(defaults.max_stale, Duration::from_secs);
-
         Ok(Self {
-            dist_port,
             nameservers,
-            port_mode,
             lookup_timeout,
             min_ttl,
             max_stale,
+            ..defaults
         })
     }
 }
@@ -314,6 +318,16 @@ mod tests {
             err.to_string(),
             "DYNAMIC_SRV_PORT_MODE=\"dynamic\" is not a port mode: expected srv, name or static"
         );
+    }
+
+    #[test]
+    fn discovery_needs_no_dist_port() {
+        let config =
+            Config::discovery_from_env(|k| (k == NAMESERVERS).then(|| "127.0.0.1:53".into()))
+                .unwrap();
+        assert_eq!(config.dist_port, None);
+        assert_eq!(config.nameservers.len(), 1);
+        assert!(Config::discovery_from_env(|k| (k == NAMESERVERS).then(|| "x".into())).is_err());
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct Engine {
 impl Engine {
     /// Must be called inside a tokio runtime context (the resolver binds to it).
     pub fn new(config: Config, cache: Arc<Cache>) -> Result<Self, ConfigError> {
-        // A third of the budget per attempt leaves room for the address query after the SRV.
+        // hickory tries twice (attempts = 1 retry): two thirds of the budget for the SRV query,
+        // and whatever remains bounds the address query; `bounded` enforces the whole budget.
         let attempt_timeout = (config.lookup_timeout / 3).max(Duration::from_millis(10));
         let dns = Dns::new(&config.nameservers, attempt_timeout)?;
         Ok(Self {
@@ -80,7 +81,7 @@ impl Engine {
         }
         Ok(self
             .cache
-            .get(&node.key(), family, self.config.min_ttl, Instant::now()))
+            .get(&node.key(), family, self.outage_window(), Instant::now()))
     }
 
     /// Asks DNS (bounded by the lookup timeout) and caches the answer. When DNS fails and an
@@ -139,26 +140,35 @@ impl Engine {
     }
 
     fn plan(&self, node: &NodeName, family: Family) -> Result<Plan, NameError> {
-        let port = if self.serves_local_helper(node) {
-            // A release helper (`bin/app rpc`) runs with the environment of the node it
-            // serves, so that node's port is ERL_DIST_PORT: no SRV query needed.
-            self.config.dist_port
-        } else {
-            None
-        };
-        let port = match (port, self.config.port_mode) {
-            (Some(port), _) => port,
-            (None, PortMode::Srv) => return Ok(Plan::Srv(node.srv_name()?)),
-            (None, PortMode::Name) => node.port_from_name()?,
-            (None, PortMode::Static) => self.config.dist_port.unwrap_or(0),
+        let port = match (self.config.port_mode, self.config.dist_port) {
+            // A release helper (`bin/app rpc`) runs on the machine of the node it serves, with
+            // that node's environment: the node listens on ERL_DIST_PORT. In srv mode the host
+            // part names the whole service, not this machine, so go over loopback.
+            (PortMode::Srv, Some(port)) if self.serves_local_helper(node) => {
+                return Ok(Plan::Direct(SocketAddr::new(family.loopback(), port)));
+            }
+            (PortMode::Static, Some(port)) if self.serves_local_helper(node) => port,
+            (PortMode::Srv, _) => return Ok(Plan::Srv(node.srv_name()?)),
+            (PortMode::Name, _) => node.port_from_name()?,
+            (PortMode::Static, port) => port.unwrap_or(0),
         };
         match node.host_ip() {
             Some(ip) if family.matches(&ip) => Ok(Plan::Direct(SocketAddr::new(ip, port))),
-            _ => {
+            Some(_) => Err(NameError::InvalidDnsName {
+                name: node.host.clone(),
+                why: "it is an IP address of the other family",
+            }),
+            None => {
                 crate::naming::validate_dns_name(&node.host)?;
                 Ok(Plan::Host(node.host.clone(), port))
             }
         }
+    }
+
+    /// How long after a failed refresh stale answers are served without asking DNS first;
+    /// at least a second, so `min_ttl = 0` still shields net_kernel from a dead server.
+    fn outage_window(&self) -> Duration {
+        self.config.min_ttl.max(Duration::from_secs(1))
     }
 
     fn serves_local_helper(&self, node: &NodeName) -> bool {

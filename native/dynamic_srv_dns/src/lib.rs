@@ -6,12 +6,17 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod membership;
 pub mod naming;
+pub mod node_naming;
 pub mod resolver;
 pub mod srv;
+pub mod topology;
 
 pub use cache::{Cache, Cached, Family};
 pub use config::{Config, PortMode};
 pub use engine::Engine;
 pub use error::{ConfigError, LookupError, NameError};
 pub use naming::NodeName;
+pub use node_naming::NodeNaming;
+pub use topology::{Poll, Topology, TopologyConfig};

@@ -17,7 +17,7 @@ use crate::cache::Family;
 use crate::error::{ConfigError, LookupError};
 use crate::naming::{query_form, validate_dns_name};
 
-/// One SRV record, its target lowercased and without the trailing dot.
+/// One SRV record, its target as DNS spelled it, without the trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrvRecord {
     pub priority: u16,
@@ -31,7 +31,7 @@ pub struct SrvRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SrvAnswer {
     pub records: Vec<SrvRecord>,
-    /// Target name -> (address, ttl).
+    /// Lowercased target name -> (address, ttl).
     pub addresses: HashMap<String, Vec<(IpAddr, u32)>>,
     /// SRV records dropped because their target is not a usable host name.
     pub rejected_targets: Vec<String>,
@@ -40,7 +40,7 @@ pub struct SrvAnswer {
 impl SrvAnswer {
     pub fn address_of(&self, target: &str, family: Family) -> Option<(IpAddr, u32)> {
         self.addresses
-            .get(target)?
+            .get(&target.to_ascii_lowercase())?
             .iter()
             .find(|(ip, _)| family.matches(ip))
             .copied()
@@ -96,7 +96,7 @@ impl Dns {
         let mut answer = SrvAnswer::default();
         for record in lookup.answers() {
             if let RData::SRV(srv) = &record.data {
-                let target = normalize(&srv.target.to_ascii());
+                let target = without_root(&srv.target.to_ascii()).to_string();
                 // "." means "no service here" (RFC 2782).
                 if target.is_empty() {
                     continue;
@@ -122,7 +122,7 @@ impl Dns {
             };
             answer
                 .addresses
-                .entry(normalize(&record.name.to_ascii()))
+                .entry(without_root(&record.name.to_ascii()).to_ascii_lowercase())
                 .or_default()
                 .push((ip, record.ttl));
         }
@@ -179,8 +179,8 @@ impl Dns {
     }
 }
 
-fn normalize(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+fn without_root(name: &str) -> &str {
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 fn map_error(name: &str, record_type: &'static str, error: NetError) -> LookupError {

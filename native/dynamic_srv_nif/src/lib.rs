@@ -8,20 +8,32 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
-use dynamic_srv_dns::config::VARIABLES;
-use dynamic_srv_dns::{Cache, Cached, Config, Engine, Family, LookupError};
+use dynamic_srv_dns::config::{parse_nameservers, NAMESERVERS, VARIABLES};
+use dynamic_srv_dns::resolver::SrvRecord;
+use dynamic_srv_dns::{
+    Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, Topology, TopologyConfig,
+};
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Encoder, Env, Error, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
 use tokio::runtime::Runtime;
 
 mod atoms {
-    rustler::atoms! { ok, error, miss, inet, inet6, noport, runtime_unavailable }
+    rustler::atoms! {
+        ok, error, miss, inet, inet6, noport, runtime_unavailable,
+        service_prefix, basename_port, basename, basename_ip,
+        members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
+    }
 }
 
 struct EngineResource(Arc<Engine>);
 
 #[rustler::resource_impl]
 impl rustler::Resource for EngineResource {}
+
+struct TopologyResource(Arc<Topology>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for TopologyResource {}
 
 /// One worker thread is plenty: lookups are I/O bound and few.
 fn runtime() -> Result<&'static Runtime, String> {
@@ -150,6 +162,125 @@ fn port_please<'a>(
         Some(port) => (atoms::ok(), port).encode(env),
         None => atoms::noport().encode(env),
     })
+}
+
+/// `options` is `{service, naming, basename | nil, family, max_nodes, nameservers | nil}`;
+/// `vars` the environment, for the resolver settings when `nameservers` is nil.
+#[rustler::nif]
+fn topology_new<'a>(
+    env: Env<'a>,
+    vars: HashMap<String, String>,
+    options: (String, Atom, Option<String>, Atom, usize, Option<String>),
+) -> NifResult<Term<'a>> {
+    let (service, naming, basename, family, max_nodes, nameservers) = options;
+    let family = decode_family(family)?;
+    let basename = || basename.clone().unwrap_or_default();
+    let naming = if naming == atoms::service_prefix() {
+        NodeNaming::ServicePrefix
+    } else if naming == atoms::basename_port() {
+        NodeNaming::BasenamePort(basename())
+    } else if naming == atoms::basename() {
+        NodeNaming::Basename(basename())
+    } else if naming == atoms::basename_ip() {
+        NodeNaming::BasenameIp(basename())
+    } else {
+        return Err(Error::BadArg);
+    };
+    let build = || -> Result<ResourceArc<TopologyResource>, String> {
+        let mut config =
+            Config::discovery_from_env(|var| vars.get(var).cloned()).map_err(|e| e.to_string())?;
+        if let Some(list) = &nameservers {
+            config.nameservers = parse_nameservers(NAMESERVERS, list)
+                .map_err(|e| e.to_string().replacen(NAMESERVERS, "nameservers", 1))?;
+        }
+        let runtime = runtime()?;
+        let _context = runtime.enter();
+        let engine = Engine::new(config, shared_cache()).map_err(|e| e.to_string())?;
+        let topology_config = TopologyConfig {
+            service,
+            naming,
+            family,
+            max_nodes,
+        };
+        let topology = Topology::new(topology_config, Arc::new(engine))?;
+        Ok(ResourceArc::new(TopologyResource(Arc::new(topology))))
+    };
+    Ok(match build() {
+        Ok(topology) => (atoms::ok(), topology).encode(env),
+        Err(message) => (atoms::error(), message).encode(env),
+    })
+}
+
+/// Polls DNS off-scheduler; `pid` later receives `{tag, poll}` (see `encode_poll`).
+#[rustler::nif]
+fn topology_poll<'a>(
+    env: Env<'a>,
+    topology: ResourceArc<TopologyResource>,
+    pid: LocalPid,
+    tag: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let Ok(runtime) = runtime() else {
+        return Ok((atoms::error(), atoms::runtime_unavailable()).encode(env));
+    };
+    let mut reply = OwnedEnv::new();
+    let tag = reply.save(tag);
+    let topology = topology.0.clone();
+    runtime.spawn(async move {
+        let poll = topology.poll().await;
+        let _ = reply.send_and_clear(&pid, |env| {
+            (tag.load(env), encode_poll(env, &poll)).encode(env)
+        });
+    });
+    Ok(atoms::ok().encode(env))
+}
+
+/// Applies records from an injected resolver: `[{priority, weight, port, target}]`.
+#[rustler::nif]
+fn topology_apply(
+    env: Env<'_>,
+    topology: ResourceArc<TopologyResource>,
+    records: Vec<(u16, u16, u16, String)>,
+) -> Term<'_> {
+    let records: Vec<SrvRecord> = records
+        .into_iter()
+        .map(|(priority, weight, port, target)| SrvRecord {
+            priority,
+            weight,
+            port,
+            target,
+            ttl: 0,
+        })
+        .collect();
+    encode_poll(env, &topology.0.apply_records(&records))
+}
+
+#[rustler::nif]
+fn topology_fail(
+    env: Env<'_>,
+    topology: ResourceArc<TopologyResource>,
+    reason: String,
+) -> Term<'_> {
+    encode_poll(env, &topology.0.apply_failure(&reason))
+}
+
+#[rustler::nif]
+fn topology_members(topology: ResourceArc<TopologyResource>) -> Vec<String> {
+    topology.0.members()
+}
+
+fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
+    let change = &poll.change;
+    let pairs = [
+        (atoms::members(), change.members.encode(env)),
+        (atoms::joined(), change.joined.encode(env)),
+        (atoms::left(), change.left.encode(env)),
+        (atoms::outage_started(), change.outage_started.encode(env)),
+        (atoms::outage_ended(), change.outage_ended.encode(env)),
+        (atoms::over_limit(), change.over_limit.encode(env)),
+        (atoms::unmapped(), poll.unmapped.encode(env)),
+        (atoms::records(), poll.records.encode(env)),
+    ];
+    Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }
 
 fn decode_family(family: Atom) -> NifResult<Family> {

@@ -1,0 +1,53 @@
+defmodule Cluster.Strategy.DynamicSrv do
+  @moduledoc """
+  A libcluster strategy: nodes listed in DNS SRV records, found without epmd.
+
+      config :libcluster,
+        topologies: [
+          app: [
+            strategy: Cluster.Strategy.DynamicSrv,
+            config: [
+              service: "my-app.service.consul",
+              polling_interval: 5_000
+            ]
+          ]
+        ]
+
+  It takes the original `libcluster_dynamic_srv` config unchanged (`service`,
+  `polling_interval`, `disconnect_on_deregister`, `resolver`) plus the keys documented in
+  `DynamicSrv.Cluster`, which runs the polling. Connections and disconnections go through
+  libcluster's `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`, so libcluster's
+  logs and telemetry still happen, and through the topology's `connect`/`disconnect` MFAs.
+
+  This package does not declare libcluster as a dependency, optional or not: add
+  `{:libcluster, "~> 3.3"}` to your own deps. The strategy compiles and works without it
+  (`DynamicSrv.Cluster` is the libcluster-free child).
+  """
+
+  @doc false
+  def child_spec(args) do
+    %{id: __MODULE__, start: {__MODULE__, :start_link, [args]}}
+  end
+
+  @doc """
+  Called by `Cluster.Supervisor` with `[%Cluster.Strategy.State{}]`: `topology`, `connect`,
+  `disconnect`, `list_nodes` and `config`.
+  """
+  @spec start_link([map()]) :: GenServer.on_start()
+  def start_link([%{topology: topology, config: config} = state]) do
+    DynamicSrv.Cluster.start_link(
+      [
+        topology: topology,
+        connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
+        disconnect: Map.get(state, :disconnect) || {:erlang, :disconnect_node, []},
+        list_nodes: Map.get(state, :list_nodes) || {:erlang, :nodes, [:connected]},
+        libcluster: libcluster_loaded?()
+      ] ++ (config || [])
+    )
+  end
+
+  defp libcluster_loaded? do
+    Code.ensure_loaded?(Cluster.Strategy) and
+      function_exported?(Cluster.Strategy, :connect_nodes, 4)
+  end
+end

@@ -1,0 +1,332 @@
+defmodule DynamicSrv.Cluster do
+  @moduledoc """
+  Keeps this node connected to the nodes a DNS SRV record lists. A plain supervisor child,
+  for apps without libcluster (`Cluster.Strategy.DynamicSrv` is the same engine for libcluster).
+
+      children = [
+        {DynamicSrv.Cluster, service: "my-app.service.consul"}
+      ]
+
+  Options (the same keyword list the libcluster strategy takes as `config:`):
+
+    * `:service` — required. The DNS name whose SRV records list the nodes.
+    * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
+      first poll runs at start.
+    * `:disconnect_on_deregister` — default `true`: disconnect nodes that left DNS. A DNS
+      *failure* never counts as leaving.
+    * `:node_naming` — how an SRV target becomes a node name:
+      * `:service_prefix` (default): target `node-a.my-app.service.consul` under service
+        `my-app.service.consul` is `:"node-a@my-app.service.consul"`;
+      * `{:basename_port, "app"}`: `app-PORT@target`, the SRV port (Caravan's convention;
+        pairs with `DYNAMIC_SRV_PORT_MODE=name`);
+      * `{:basename, "app"}`: `app@target`;
+      * `{:basename_ip, "app"}`: query `:service` for A (or AAAA) records instead and connect
+        to `app@IP`, as libcluster's DNSPoll and dns_cluster do.
+    * `:ip_family` — `:inet` (default) or `:inet6`: which records `{:basename_ip, _}` asks for.
+    * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else
+      `/etc/resolv.conf`.
+    * `:max_nodes` — at most this many members, default `1024`; more names are ignored with
+      a warning.
+    * `:max_node_atoms` — at most this many new node atoms over the life of the VM, default
+      `16 * max_nodes`, so hostile DNS cannot fill the atom table.
+    * `:resolver` — a 1-arity function called with the service name that returns
+      `[{priority, weight, port, target_charlist}]` (or `{:error, reason}`), replacing DNS;
+      for tests.
+
+  ## Membership rules
+
+    * A DNS failure (timeout, SERVFAIL, REFUSED, unreachable server, malformed or truncated
+      answer) keeps the last good membership. One warning when the outage starts, one line
+      when it ends.
+    * A node is deregistered only after it is missing from **2 successive answers**, so one
+      sudden empty answer, or a record that flaps, disconnects nobody.
+    * Every poll connects the members not currently connected, each in its own process, so
+      an unreachable peer delays nobody; a node that dropped its connection is retried.
+    * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to
+      a discovered peer costs no further DNS query.
+  """
+  use GenServer
+  require Logger
+
+  alias DynamicSrv.Cluster.{NodeAtoms, Options}
+  alias DynamicSrv.Native
+
+  @default_connect {:net_kernel, :connect_node, []}
+  @default_disconnect {:erlang, :disconnect_node, []}
+  @default_list_nodes {:erlang, :nodes, [:connected]}
+
+  @doc false
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :topology, {__MODULE__, Keyword.get(opts, :service)}),
+      start: {__MODULE__, :start_link, [opts]}
+    }
+  end
+
+  @doc """
+  Starts the poller. Besides the options above it takes `:name` (a GenServer name),
+  `:topology` (a name for logs, default `:dynamic_srv`) and `:connect`, `:disconnect`,
+  `:list_nodes` MFAs (the node is appended to `connect`/`disconnect` args), as libcluster
+  passes them.
+  """
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    {gen_opts, opts} = Keyword.split(opts, [:name])
+    GenServer.start_link(__MODULE__, opts, gen_opts)
+  end
+
+  @doc "The current members, as node atoms."
+  @spec members(GenServer.server()) :: [node()]
+  def members(server), do: GenServer.call(server, :members)
+
+  @doc "Polls now instead of waiting for the timer; returns once the poll has been applied."
+  @spec poll_now(GenServer.server(), timeout()) :: :ok
+  def poll_now(server, timeout \\ 30_000), do: GenServer.call(server, :poll_now, timeout)
+
+  @impl true
+  def init(opts) do
+    {engine_opts, config} =
+      Keyword.split(opts, [:topology, :connect, :disconnect, :list_nodes, :libcluster])
+
+    options = Options.validate!(config)
+
+    with :ok <- Native.load(),
+         {:ok, topology} <- Native.topology_new(Native.environment(), native_options(options)) do
+      state = %{
+        options: options,
+        topology: Keyword.get(engine_opts, :topology, :dynamic_srv),
+        connect: Keyword.get(engine_opts, :connect, @default_connect),
+        disconnect: Keyword.get(engine_opts, :disconnect, @default_disconnect),
+        list_nodes: Keyword.get(engine_opts, :list_nodes, @default_list_nodes),
+        libcluster?: Keyword.get(engine_opts, :libcluster, false),
+        native: topology,
+        members: [],
+        atoms: NodeAtoms.new(options.max_node_atoms),
+        atom_warning_given: false,
+        connecting: MapSet.new(),
+        poll_tag: nil,
+        waiting: [],
+        timer: nil
+      }
+
+      Logger.metadata(topology: state.topology)
+      {:ok, start_poll(state)}
+    else
+      {:error, message} -> {:stop, {:invalid_config, message}}
+    end
+  end
+
+  defp native_options(options) do
+    {naming, basename} =
+      case options.node_naming do
+        :service_prefix -> {:service_prefix, nil}
+        {kind, base} -> {kind, base}
+      end
+
+    {options.service, naming, basename, options.ip_family, options.max_nodes, options.nameservers}
+  end
+
+  @impl true
+  def handle_call(:members, _from, state), do: {:reply, state.members, state}
+
+  def handle_call(:poll_now, from, state) do
+    state = %{state | waiting: [from | state.waiting]}
+    {:noreply, if(state.poll_tag, do: state, else: start_poll(cancel_timer(state)))}
+  end
+
+  @impl true
+  def handle_info(:poll, state), do: {:noreply, start_poll(%{state | timer: nil})}
+
+  def handle_info({tag, poll}, %{poll_tag: tag} = state) when is_map(poll) do
+    state = apply_poll(poll, %{state | poll_tag: nil})
+    Enum.each(state.waiting, &GenServer.reply(&1, :ok))
+    {:noreply, schedule_poll(%{state | waiting: []})}
+  end
+
+  def handle_info({:poll_timeout, tag}, %{poll_tag: tag} = state) do
+    poll = Native.topology_fail(state.native, "no answer from the DNS thread")
+    handle_info({tag, poll}, state)
+  end
+
+  def handle_info({:connected, node, result}, state) do
+    if result != true and result != :ok do
+      Logger.debug("could not connect to #{node}: #{inspect(result)}")
+    end
+
+    {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
+  end
+
+  # Replies to polls we already gave up on, timers of finished polls, connector exits.
+  def handle_info(_stale, state), do: {:noreply, state}
+
+  defp start_poll(state) do
+    tag = make_ref()
+
+    case state.options.resolver do
+      nil ->
+        :ok = Native.topology_poll(state.native, self(), tag)
+
+      resolver ->
+        run_resolver(resolver, state.options.service, state.native, self(), tag)
+    end
+
+    # The DNS thread bounds every lookup itself; this only guards against a lost reply.
+    Process.send_after(self(), {:poll_timeout, tag}, 60_000 + state.options.polling_interval)
+    %{state | poll_tag: tag}
+  end
+
+  defp run_resolver(resolver, service, native, reply_to, tag) do
+    spawn(fn ->
+      poll =
+        try do
+          case resolver.(String.to_charlist(service)) do
+            records when is_list(records) ->
+              Native.topology_apply(native, Enum.map(records, &record/1))
+
+            other ->
+              Native.topology_fail(native, "resolver returned #{inspect(other)}")
+          end
+        catch
+          kind, reason ->
+            Native.topology_fail(
+              native,
+              "resolver raised #{Exception.format_banner(kind, reason)}"
+            )
+        end
+
+      send(reply_to, {tag, poll})
+    end)
+  end
+
+  defp record({priority, weight, port, target}),
+    do: {priority, weight, port, to_string(target)}
+
+  defp apply_poll(poll, state) do
+    log_poll(poll, state)
+    {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
+    state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
+
+    if state.options.disconnect_on_deregister do
+      disconnect(Enum.flat_map(poll.left, &existing_atom/1), state)
+    end
+
+    connect(members, %{state | members: members})
+  end
+
+  defp existing_atom(name) do
+    case NodeAtoms.existing(name) do
+      {:ok, atom} -> [atom]
+      :error -> []
+    end
+  end
+
+  defp log_poll(poll, state) do
+    service = state.options.service
+
+    if reason = poll.outage_started do
+      Logger.warning(
+        "DNS lookup of #{service} failed: #{reason}; keeping the last membership " <>
+          "(#{length(poll.members)} nodes) until DNS answers again"
+      )
+    end
+
+    if failed = poll.outage_ended do
+      Logger.info("DNS lookup of #{service} answers again after #{failed} failed polls")
+    end
+
+    for {target, reason} <- poll.unmapped do
+      Logger.debug("ignoring SRV target #{target} of #{service}: #{reason}")
+    end
+
+    if poll.over_limit > 0 do
+      Logger.warning(
+        "#{service} lists #{poll.over_limit} nodes beyond max_nodes=#{state.options.max_nodes}; ignored"
+      )
+    end
+
+    if poll.left != [] do
+      Logger.info("#{length(poll.left)} nodes left #{service} in DNS: #{sample(poll.left)}")
+    end
+  end
+
+  defp sample(names) when length(names) <= 10, do: Enum.join(names, ", ")
+  defp sample(names), do: Enum.join(Enum.take(names, 10), ", ") <> ", ..."
+
+  defp warn_atoms_exhausted(state, 0), do: state
+  defp warn_atoms_exhausted(%{atom_warning_given: true} = state, _refused), do: state
+
+  defp warn_atoms_exhausted(state, refused) do
+    Logger.warning(
+      "ignoring #{refused} new node names from #{state.options.service}: max_node_atoms=" <>
+        "#{state.options.max_node_atoms} new atoms already created; raise it if this is expected"
+    )
+
+    %{state | atom_warning_given: true}
+  end
+
+  defp connect(members, state) do
+    connected = MapSet.new(list_nodes(state))
+    me = node()
+
+    targets =
+      Enum.reject(members, fn node ->
+        node == me or MapSet.member?(connected, node) or MapSet.member?(state.connecting, node)
+      end)
+
+    server = self()
+
+    for node <- targets do
+      spawn(fn -> send(server, {:connected, node, connect_one(node, state)}) end)
+    end
+
+    %{state | connecting: Enum.into(targets, state.connecting)}
+  end
+
+  defp connect_one(node, %{libcluster?: true} = state) do
+    # Through libcluster, so its logging and telemetry still happen.
+    apply(Cluster.Strategy, :connect_nodes, [
+      state.topology,
+      state.connect,
+      state.list_nodes,
+      [node]
+    ])
+  end
+
+  defp connect_one(node, %{connect: {m, f, a}}), do: apply(m, f, a ++ [node])
+
+  defp disconnect([], _state), do: :ok
+
+  defp disconnect(nodes, %{libcluster?: true} = state) do
+    apply(Cluster.Strategy, :disconnect_nodes, [
+      state.topology,
+      state.disconnect,
+      state.list_nodes,
+      nodes
+    ])
+  end
+
+  defp disconnect(nodes, %{disconnect: {m, f, a}} = state) do
+    connected = MapSet.new(list_nodes(state))
+
+    for node <- nodes, MapSet.member?(connected, node) do
+      apply(m, f, a ++ [node])
+    end
+
+    :ok
+  end
+
+  defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
+
+  defp schedule_poll(state) do
+    interval = state.options.polling_interval
+    jitter = :rand.uniform(div(interval, 10) + 1) - 1
+    %{state | timer: Process.send_after(self(), :poll, interval + jitter)}
+  end
+
+  defp cancel_timer(%{timer: nil} = state), do: state
+
+  defp cancel_timer(state) do
+    Process.cancel_timer(state.timer)
+    %{state | timer: nil}
+  end
+end

@@ -1,0 +1,196 @@
+//! One polled service: its DNS queries, the mapping of answers to node names, the cache
+//! filling that lets the epmd module connect without another query, and the membership.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::Family;
+use crate::engine::Engine;
+use crate::error::LookupError;
+use crate::membership::{Change, Membership};
+use crate::naming::{validate_dns_name, NodeName};
+use crate::node_naming::NodeNaming;
+use crate::resolver::{SrvAnswer, SrvRecord};
+
+pub const DEFAULT_MAX_NODES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyConfig {
+    pub service: String,
+    pub naming: NodeNaming,
+    /// Which addresses `BasenameIp` asks for (A or AAAA).
+    pub family: Family,
+    pub max_nodes: usize,
+}
+
+impl TopologyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_dns_name(&self.service).map_err(|e| format!("service: {e}"))?;
+        self.naming.validate()?;
+        if self.max_nodes == 0 {
+            return Err("max_nodes must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The result of one poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Poll {
+    pub change: Change,
+    /// Targets that did not map to a node name, with the reason.
+    pub unmapped: Vec<(String, String)>,
+    /// How many SRV (or A/AAAA) records the answer held.
+    pub records: usize,
+}
+
+pub struct Topology {
+    config: TopologyConfig,
+    engine: Arc<Engine>,
+    membership: Mutex<Membership>,
+}
+
+impl Topology {
+    pub fn new(config: TopologyConfig, engine: Arc<Engine>) -> Result<Self, String> {
+        config.validate()?;
+        Ok(Self {
+            membership: Mutex::new(Membership::new(config.max_nodes)),
+            config,
+            engine,
+        })
+    }
+
+    pub fn config(&self) -> &TopologyConfig {
+        &self.config
+    }
+
+    pub fn members(&self) -> Vec<String> {
+        self.membership().members()
+    }
+
+    /// Queries DNS and applies the answer.
+    pub async fn poll(&self) -> Poll {
+        let service = &self.config.service;
+        let budget = self.engine.config().lookup_timeout;
+        if self.config.naming.uses_srv() {
+            let answer = tokio::time::timeout(budget, self.engine.dns().srv(service)).await;
+            match answer {
+                Ok(Ok(answer)) => self.apply_srv(&answer),
+                Ok(Err(error)) if error.is_authoritative_absence() => {
+                    self.apply_srv(&SrvAnswer::default())
+                }
+                Ok(Err(error)) => self.apply_failure(&error.to_string()),
+                Err(_) => self.apply_failure(&timeout(service, budget).to_string()),
+            }
+        } else {
+            let family = self.config.family;
+            let answer =
+                tokio::time::timeout(budget, self.engine.dns().addresses(service, family)).await;
+            match answer {
+                Ok(Ok(addresses)) => {
+                    let nodes = addresses
+                        .iter()
+                        .filter_map(|(ip, _)| self.config.naming.node_for_ip(*ip))
+                        .collect();
+                    self.apply_nodes(nodes, Vec::new(), addresses.len())
+                }
+                Ok(Err(error)) if error.is_authoritative_absence() => {
+                    self.apply_nodes(Vec::new(), Vec::new(), 0)
+                }
+                Ok(Err(error)) => self.apply_failure(&error.to_string()),
+                Err(_) => self.apply_failure(&timeout(service, budget).to_string()),
+            }
+        }
+    }
+
+    /// Applies an SRV answer: maps targets, fills the address cache, updates membership.
+    pub fn apply_srv(&self, answer: &SrvAnswer) -> Poll {
+        let mut nodes = Vec::new();
+        let mut unmapped: Vec<(String, String)> = answer
+            .rejected_targets
+            .iter()
+            .map(|t| (t.clone(), "not a valid host name".to_string()))
+            .collect();
+        let now = Instant::now();
+        for record in &answer.records {
+            match self.config.naming.node_for_target(
+                &self.config.service,
+                &record.target,
+                record.port,
+            ) {
+                Ok(node) => {
+                    self.remember_address(&node, record, answer, now);
+                    nodes.push(node);
+                }
+                Err(why) => unmapped.push((record.target.clone(), why.to_string())),
+            }
+        }
+        self.apply_nodes(
+            nodes,
+            unmapped,
+            answer.records.len() + answer.rejected_targets.len(),
+        )
+    }
+
+    /// Applies records from an injected resolver (no addresses, so nothing is cached).
+    pub fn apply_records(&self, records: &[SrvRecord]) -> Poll {
+        let answer = SrvAnswer {
+            records: records.to_vec(),
+            ..SrvAnswer::default()
+        };
+        self.apply_srv(&answer)
+    }
+
+    pub fn apply_failure(&self, reason: &str) -> Poll {
+        Poll {
+            change: self.membership().observe_failure(reason),
+            ..Poll::default()
+        }
+    }
+
+    fn apply_nodes(
+        &self,
+        nodes: Vec<String>,
+        unmapped: Vec<(String, String)>,
+        records: usize,
+    ) -> Poll {
+        Poll {
+            change: self.membership().observe_answer(nodes),
+            unmapped,
+            records,
+        }
+    }
+
+    fn remember_address(&self, node: &str, record: &SrvRecord, answer: &SrvAnswer, now: Instant) {
+        let Ok(parsed) = NodeName::parse(node) else {
+            return;
+        };
+        let config = self.engine.config();
+        for family in [Family::Inet, Family::Inet6] {
+            if let Some((ip, address_ttl)) = answer.address_of(&record.target, family) {
+                let ttl = record.ttl.min(address_ttl);
+                let hold = Duration::from_secs(ttl.into()).max(config.min_ttl);
+                self.engine.cache().insert(
+                    &parsed.key(),
+                    family,
+                    SocketAddr::new(ip, record.port),
+                    hold,
+                    config.max_stale,
+                    now,
+                );
+            }
+        }
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn timeout(name: &str, after: Duration) -> LookupError {
+    LookupError::Timeout {
+        name: name.to_string(),
+        after,
+    }
+}

@@ -1,0 +1,280 @@
+defmodule DynamicSrv.ClusterTest do
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+
+  alias DynamicSrv.Cluster
+  alias DynamicSrv.Cluster.NodeAtoms
+
+  @service "my-svc.service.consul"
+
+  # Connect/disconnect/list MFAs record into an Agent instead of touching distribution,
+  # as libcluster's own strategy tests do.
+  defmodule Recorder do
+    def start do
+      case Process.whereis(__MODULE__) do
+        nil ->
+          {:ok, pid} = Agent.start_link(fn -> %{connected: MapSet.new(), log: []} end)
+          Process.register(pid, __MODULE__)
+
+        pid ->
+          Agent.update(pid, fn _ -> %{connected: MapSet.new(), log: []} end)
+      end
+    end
+
+    def connect(node) do
+      Agent.update(__MODULE__, fn s ->
+        %{s | connected: MapSet.put(s.connected, node), log: [{:connect, node} | s.log]}
+      end)
+
+      true
+    end
+
+    def disconnect(node) do
+      Agent.update(__MODULE__, fn s ->
+        %{s | connected: MapSet.delete(s.connected, node), log: [{:disconnect, node} | s.log]}
+      end)
+
+      true
+    end
+
+    def drop(node),
+      do: Agent.update(__MODULE__, &%{&1 | connected: MapSet.delete(&1.connected, node)})
+
+    def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list(&1.connected))
+    def log, do: Agent.get(__MODULE__, &Enum.reverse(&1.log))
+  end
+
+  # A resolver whose answer the test changes between polls.
+  defp answer_with(records_or_fun) do
+    name = :"answer_#{System.unique_integer([:positive])}"
+    :persistent_term.put(name, records_or_fun)
+
+    resolver = fn service ->
+      case :persistent_term.get(name) do
+        fun when is_function(fun, 1) -> fun.(service)
+        records -> records
+      end
+    end
+
+    {resolver, fn new -> :persistent_term.put(name, new) end}
+  end
+
+  defp srv(name, port \\ 4370), do: {10, 10, port, String.to_charlist("#{name}.#{@service}")}
+
+  defp start_cluster(resolver, extra \\ []) do
+    Recorder.start()
+
+    opts =
+      [
+        service: @service,
+        resolver: resolver,
+        polling_interval: 3_600_000,
+        connect: {Recorder, :connect, []},
+        disconnect: {Recorder, :disconnect, []},
+        list_nodes: {Recorder, :list_nodes, []}
+      ] ++ extra
+
+    pid = start_supervised!({Cluster, opts})
+    # The first poll runs at start; poll_now waits until a poll has been applied.
+    :ok = Cluster.poll_now(pid)
+    pid
+  end
+
+  defp connected, do: Enum.sort(Recorder.list_nodes())
+
+  defp eventually(fun, tries \\ 100) do
+    if fun.() or tries == 0, do: fun.(), else: Process.sleep(10) && eventually(fun, tries - 1)
+  end
+
+  test "maps SRV targets to node names by the original convention and connects them" do
+    {resolver, _set} =
+      answer_with([srv("node-a"), srv("node-b"), {1, 1, 1, ~c"stray.example.com"}])
+
+    pid = start_cluster(resolver)
+
+    assert Cluster.members(pid) == [
+             :"node-a@my-svc.service.consul",
+             :"node-b@my-svc.service.consul"
+           ]
+
+    assert eventually(fn -> connected() == Cluster.members(pid) end)
+  end
+
+  test "a node must be missing from two answers in a row before it is disconnected" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    assert length(Cluster.members(pid)) == 2
+    assert length(connected()) == 2
+
+    :ok = Cluster.poll_now(pid)
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    assert connected() == [:"a@my-svc.service.consul"]
+    assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+  end
+
+  test "a sudden empty answer disconnects nobody; a confirmed one does" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([])
+    :ok = Cluster.poll_now(pid)
+    assert length(connected()) == 2
+
+    set.([srv("a"), srv("b")])
+    :ok = Cluster.poll_now(pid)
+    set.([])
+    :ok = Cluster.poll_now(pid)
+    assert length(connected()) == 2
+    :ok = Cluster.poll_now(pid)
+    assert connected() == []
+  end
+
+  test "resolver failures keep the membership and log one warning per outage" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.(fn _ -> {:error, :timeout} end)
+
+    log =
+      capture_log(fn ->
+        for _ <- 1..10, do: :ok = Cluster.poll_now(pid)
+      end)
+
+    assert length(String.split(log, "DNS lookup of #{@service} failed")) == 2
+    assert length(connected()) == 2
+    assert length(Cluster.members(pid)) == 2
+    refute Enum.any?(Recorder.log(), &match?({:disconnect, _}, &1))
+
+    set.(fn _ -> raise "boom" end)
+    :ok = Cluster.poll_now(pid)
+    assert length(connected()) == 2
+
+    set.([srv("a"), srv("b")])
+    log = capture_log(fn -> :ok = Cluster.poll_now(pid) end)
+    assert log =~ "answers again after 11 failed polls"
+  end
+
+  test "disconnect_on_deregister: false keeps nodes that left DNS" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver, disconnect_on_deregister: false)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    :ok = Cluster.poll_now(pid)
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    assert length(connected()) == 2
+  end
+
+  test "nodes that dropped their connection are reconnected on the next poll" do
+    {resolver, _set} = answer_with([srv("a")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+
+    Recorder.drop(:"a@my-svc.service.consul")
+    :ok = Cluster.poll_now(pid)
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    assert Enum.count(Recorder.log(), &(&1 == {:connect, :"a@my-svc.service.consul"})) == 2
+  end
+
+  test "other node naming conventions" do
+    target = ~c"10-0-0-4.node.dc1.consul"
+    {resolver, _} = answer_with([{1, 1, 4370, target}])
+
+    pid = start_cluster(resolver, node_naming: {:basename_port, "app"})
+    assert Cluster.members(pid) == [:"app-4370@10-0-0-4.node.dc1.consul"]
+    stop_supervised!({Cluster, @service})
+
+    pid = start_cluster(resolver, node_naming: {:basename, "app"})
+    assert Cluster.members(pid) == [:"app@10-0-0-4.node.dc1.consul"]
+  end
+
+  test "hostile targets are ignored and new atoms are bounded by max_node_atoms" do
+    hostile =
+      for i <- 1..3_000,
+          do:
+            {1, 1, 1,
+             String.to_charlist("h#{System.unique_integer([:positive])}x#{i}.#{@service}")}
+
+    bad = [
+      {1, 1, 1, ~c"bad name.#{@service}"},
+      {1, 1, 1, String.to_charlist(String.duplicate("a", 64) <> ".#{@service}")}
+    ]
+
+    {resolver, set} = answer_with(bad ++ hostile)
+
+    atoms_before = :erlang.system_info(:atom_count)
+
+    capture_log(fn ->
+      pid = start_cluster(resolver, max_nodes: 50, max_node_atoms: 120)
+      assert length(Cluster.members(pid)) == 50
+
+      # Two more floods of fresh names: members stay capped, atoms stop at the budget.
+      for _ <- 1..2 do
+        set.(
+          for i <- 1..3_000,
+              do:
+                {1, 1, 1,
+                 String.to_charlist("f#{System.unique_integer([:positive])}x#{i}.#{@service}")}
+        )
+
+        :ok = Cluster.poll_now(pid)
+        :ok = Cluster.poll_now(pid)
+      end
+
+      assert length(Cluster.members(pid)) <= 50
+    end)
+
+    # The test process itself creates a few atoms (registered names, modules); the budget
+    # allows 120 node atoms, against 9,000 distinct names served.
+    assert :erlang.system_info(:atom_count) - atoms_before < 120 + 50
+  end
+
+  test "invalid options are refused with a clear message" do
+    Process.flag(:trap_exit, true)
+
+    assert {:error, {%ArgumentError{message: message}, _}} = Cluster.start_link([])
+    assert message =~ "missing required config key :service"
+
+    assert {:error, {%ArgumentError{message: message}, _}} =
+             Cluster.start_link(service: @service, polling_interval: 0)
+
+    assert message =~ "invalid polling_interval: 0"
+
+    assert {:error, {%ArgumentError{message: message}, _}} =
+             Cluster.start_link(service: @service, node_naming: {:basename, ""})
+
+    assert message =~ "invalid node_naming"
+
+    assert {:error, {:invalid_config, message}} =
+             Cluster.start_link(service: @service, nameservers: "nope")
+
+    assert message =~ "nameservers=\"nope\""
+  end
+
+  test "the libcluster strategy starts the same engine from a libcluster state" do
+    {resolver, _} = answer_with([srv("a")])
+    Recorder.start()
+
+    state = %{
+      topology: :test_topology,
+      connect: {Recorder, :connect, []},
+      disconnect: {Recorder, :disconnect, []},
+      list_nodes: {Recorder, :list_nodes, []},
+      config: [service: @service, resolver: resolver, polling_interval: 3_600_000],
+      meta: nil
+    }
+
+    {:ok, pid} = Elixir.Cluster.Strategy.DynamicSrv.start_link([state])
+    :ok = Cluster.poll_now(pid)
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    GenServer.stop(pid)
+  end
+end

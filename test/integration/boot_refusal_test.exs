@@ -1,0 +1,184 @@
+defmodule DynamicSrv.Integration.BootRefusalTest do
+  # Every case boots a real BEAM node (an OS process) with `-epmd_module Elixir.DynamicSrv.Epmd`
+  # and a bad environment, and checks that distribution refuses to start: the VM exits with a
+  # non-zero status and prints the exact one-line message on stderr. No DNS server is needed
+  # for a refusal, so DYNAMIC_SRV_NAMESERVERS points at a loopback port where nothing listens.
+  use ExUnit.Case, async: false
+  @moduletag :integration
+
+  alias DynamicSrv.Test.{Peer, Ports}
+
+  @prefix "DynamicSrv.Epmd: distribution not started: "
+
+  @port_expectation "is not a valid port: expected an integer from 1 to 65535"
+  @nameserver_expectation "is not a nameserver address: expected a comma-separated list of " <>
+                            "ip:port, e.g. 127.0.0.1:8600 or [::1]:53 (unset it to use /etc/resolv.conf)"
+  @needs_port "needs this node's listen port, an integer from 1 to 65535 " <>
+                "(or use DYNAMIC_SRV_PORT_MODE=name)"
+
+  # {description, node name, environment, extra VM args, expected message}
+  # Values are written in the environment exactly as an operator would set them.
+  @cases [
+           {"ERL_DIST_PORT=abc", "refuse@dyn.test", %{"ERL_DIST_PORT" => "abc"}, [],
+            ~s(ERL_DIST_PORT="abc" #{@port_expectation})},
+           {"ERL_DIST_PORT=0", "refuse@dyn.test", %{"ERL_DIST_PORT" => "0"}, [],
+            ~s(ERL_DIST_PORT="0" #{@port_expectation})},
+           {"ERL_DIST_PORT=70000", "refuse@dyn.test", %{"ERL_DIST_PORT" => "70000"}, [],
+            ~s(ERL_DIST_PORT="70000" #{@port_expectation})},
+           {"ERL_DIST_PORT=-1", "refuse@dyn.test", %{"ERL_DIST_PORT" => "-1"}, [],
+            ~s(ERL_DIST_PORT="-1" #{@port_expectation})},
+           {"ERL_DIST_PORT=' 4370' (leading space)", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => " 4370"}, [], ~s(ERL_DIST_PORT=" 4370" #{@port_expectation})},
+           # An empty value in Port.open's :env *unsets* the variable (measured on OTP 25), so
+           # the empty string is set through the emulator flag `-env ERL_DIST_PORT ""`, which
+           # leaves the variable set and empty, as `export ERL_DIST_PORT=` does.
+           {"ERL_DIST_PORT set but empty", "refuse@dyn.test", %{}, ["-env", "ERL_DIST_PORT", ""],
+            ~s(ERL_DIST_PORT="" #{@port_expectation})},
+           {"ERL_DIST_PORT unset in the default srv mode", "refuse@dyn.test", %{}, [],
+            "ERL_DIST_PORT is not set: DYNAMIC_SRV_PORT_MODE=srv #{@needs_port}"},
+           {"ERL_DIST_PORT unset in static mode", "refuse@dyn.test",
+            %{"DYNAMIC_SRV_PORT_MODE" => "static"}, [],
+            "ERL_DIST_PORT is not set: DYNAMIC_SRV_PORT_MODE=static #{@needs_port}"},
+           {"ERL_DIST_PORT invalid in name mode (set, so still checked)", "app-4370@dyn.test",
+            %{"DYNAMIC_SRV_PORT_MODE" => "name", "ERL_DIST_PORT" => "x"}, [],
+            ~s(ERL_DIST_PORT="x" #{@port_expectation})},
+           {"DYNAMIC_SRV_NAMESERVERS with a host name", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_NAMESERVERS" => "dns.example:53"}, [],
+            ~s(DYNAMIC_SRV_NAMESERVERS="dns.example:53": "dns.example:53" #{@nameserver_expectation})},
+           {"DYNAMIC_SRV_NAMESERVERS with port 99999", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_NAMESERVERS" => "127.0.0.1:99999"}, [],
+            ~s(DYNAMIC_SRV_NAMESERVERS="127.0.0.1:99999": "127.0.0.1:99999" #{@nameserver_expectation})},
+           {"DYNAMIC_SRV_NAMESERVERS with one bad entry in a list", "refuse@dyn.test",
+            %{
+              "ERL_DIST_PORT" => "4370",
+              "DYNAMIC_SRV_NAMESERVERS" => "127.0.0.1:8600,10.0.0.1:0"
+            }, [],
+            ~s(DYNAMIC_SRV_NAMESERVERS="127.0.0.1:8600,10.0.0.1:0": "10.0.0.1:0" #{@nameserver_expectation})},
+           {"DYNAMIC_SRV_PORT_MODE=dynamic", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_PORT_MODE" => "dynamic"}, [],
+            ~s(DYNAMIC_SRV_PORT_MODE="dynamic" is not a port mode: expected srv, name or static)},
+           {"DYNAMIC_SRV_PORT_MODE=name without trailing digits", "app@dyn.test",
+            %{"DYNAMIC_SRV_PORT_MODE" => "name"}, [],
+            ~s(node name "app@dyn.test" does not end in a port number: ) <>
+              "DYNAMIC_SRV_PORT_MODE=name expects names like app-4370@host"},
+           {"DYNAMIC_SRV_PORT_MODE=name with digits past 65535", "app-70000@dyn.test",
+            %{"DYNAMIC_SRV_PORT_MODE" => "name"}, [],
+            ~s(node name "app-70000@dyn.test" ends in 70000, which is not a port from 1 to 65535)},
+           {"DYNAMIC_SRV_PORT_MODE=name with port 0", "app-0@dyn.test",
+            %{"DYNAMIC_SRV_PORT_MODE" => "name"}, [],
+            ~s(node name "app-0@dyn.test" ends in 0, which is not a port from 1 to 65535)},
+           {"DYNAMIC_SRV_LOOKUP_TIMEOUT_MS below the minimum", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS" => "5"}, [],
+            ~s(DYNAMIC_SRV_LOOKUP_TIMEOUT_MS="5" is not valid: expected milliseconds from 10 to 60000)},
+           {"DYNAMIC_SRV_LOOKUP_TIMEOUT_MS not a number", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS" => "3s"}, [],
+            ~s(DYNAMIC_SRV_LOOKUP_TIMEOUT_MS="3s" is not valid: expected milliseconds from 10 to 60000)},
+           {"DYNAMIC_SRV_MIN_TTL_MS negative", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_MIN_TTL_MS" => "-1"}, [],
+            ~s(DYNAMIC_SRV_MIN_TTL_MS="-1" is not valid: expected milliseconds from 0 to 86400000)},
+           {"DYNAMIC_SRV_MAX_STALE_S above the maximum", "refuse@dyn.test",
+            %{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_MAX_STALE_S" => "31536001"}, [],
+            ~s(DYNAMIC_SRV_MAX_STALE_S="31536001" is not valid: expected seconds from 0 to 31536000)}
+         ]
+         |> Enum.with_index()
+
+  for {{description, name, env, erl_args, message}, index} <- @cases do
+    @tag timeout: 60_000
+    test "refuses to start distribution: #{description} (#{index})" do
+      {status, output} =
+        Peer.boot_failure(
+          unquote(name),
+          Map.merge(
+            %{"DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()},
+            unquote(Macro.escape(env))
+          ),
+          erl_args: unquote(erl_args)
+        )
+
+      assert is_integer(status) and status != 0,
+             "expected a non-zero exit status, got #{inspect(status)}:\n#{output}"
+
+      expected = @prefix <> unquote(message)
+
+      assert expected in String.split(output, "\n"),
+             "expected the line\n  #{expected}\nin the node's output:\n#{output}"
+    end
+  end
+
+  describe "good configurations boot" do
+    test "name mode takes the port from the name's digits, with no ERL_DIST_PORT and no DNS" do
+      port = Ports.free()
+      name = "app-#{port}@127.0.0.1"
+
+      peer =
+        Peer.start!(name, %{
+          "DYNAMIC_SRV_PORT_MODE" => "name",
+          "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()
+        })
+
+      on_exit(fn -> Peer.stop(peer) end)
+
+      assert Peer.call(peer, Node, :self, []) == String.to_atom(name)
+
+      assert Peer.call(peer, DynamicSrv.Epmd, :names, [~c"127.0.0.1"]) ==
+               {:ok, [{String.to_charlist("app-#{port}"), port}]}
+    end
+
+    test "srv mode listens on ERL_DIST_PORT" do
+      port = Ports.free()
+
+      peer =
+        Peer.start!("good@dyn.test", %{
+          "ERL_DIST_PORT" => Integer.to_string(port),
+          "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()
+        })
+
+      on_exit(fn -> Peer.stop(peer) end)
+
+      assert Peer.call(peer, DynamicSrv.Epmd, :names, [~c"dyn.test"]) ==
+               {:ok, [{~c"good", port}]}
+    end
+
+    test "a release helper name (rpc-XXXX-app) does not take ERL_DIST_PORT, which is busy" do
+      {busy, port} = occupy_port()
+      on_exit(fn -> :gen_tcp.close(busy) end)
+
+      peer =
+        Peer.start!("rpc-1a2b-app@dyn.test", %{
+          "ERL_DIST_PORT" => Integer.to_string(port),
+          "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()
+        })
+
+      on_exit(fn -> Peer.stop(peer) end)
+
+      assert {:ok, [{~c"rpc-1a2b-app", listen_port}]} =
+               Peer.call(peer, DynamicSrv.Epmd, :names, [~c"dyn.test"])
+
+      assert is_integer(listen_port) and listen_port > 0
+      assert listen_port != port
+    end
+
+    test "a real node named rpc-gateway is not a helper: it takes ERL_DIST_PORT (busy here)" do
+      {busy, port} = occupy_port()
+      on_exit(fn -> :gen_tcp.close(busy) end)
+
+      {status, output} =
+        Peer.boot_failure("rpc-gateway@dyn.test", %{
+          "ERL_DIST_PORT" => Integer.to_string(port),
+          "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()
+        })
+
+      assert is_integer(status) and status != 0
+      assert output =~ "eaddrinuse", output
+    end
+  end
+
+  # A loopback port with a listener on every interface, as a running node would hold it.
+  defp occupy_port do
+    port = Ports.free()
+    {:ok, socket} = :gen_tcp.listen(port, ip: {0, 0, 0, 0}, reuseaddr: true)
+    {socket, port}
+  end
+
+  defp dead_nameserver, do: "127.0.0.1:#{Peer.dead_port()}"
+end
