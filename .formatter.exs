@@ -1,3 +1,3 @@
 [
-  inputs: ["{mix,.formatter}.exs", "{config,lib,test,mix}/**/*.{ex,exs}", "scripts/*.exs"]
+  inputs: ["{mix,.formatter}.exs", "{config,lib,test,mix,bench}/**/*.{ex,exs}", "scripts/*.exs"]
 ]

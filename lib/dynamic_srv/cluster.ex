@@ -164,7 +164,9 @@ defmodule DynamicSrv.Cluster do
 
     case state.options.resolver do
       nil ->
-        :ok = Native.topology_poll(state.native, self(), tag)
+        with {:error, reason} <- Native.topology_poll(state.native, self(), tag) do
+          send(self(), {tag, Native.topology_fail(state.native, "lookup not started: #{reason}")})
+        end
 
       resolver ->
         run_resolver(resolver, state.options.service, state.native, self(), tag)

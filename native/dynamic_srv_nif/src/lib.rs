@@ -5,6 +5,7 @@
 //! and report back by message. Cache hits are answered synchronously.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
@@ -130,23 +131,18 @@ fn lookup<'a>(
     tag: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let family = decode_family(family)?;
-    let Ok(runtime) = runtime() else {
-        return Ok((atoms::error(), atoms::runtime_unavailable()).encode(env));
-    };
-    let mut reply = OwnedEnv::new();
-    let tag = reply.save(tag);
     let engine = engine.0.clone();
-    runtime.spawn(async move {
-        let result = engine.resolve(&node, family).await;
-        let _ = reply.send_and_clear(&pid, |env| {
-            let result = match result {
-                Ok(endpoint) => ok_endpoint(env, endpoint),
-                Err(error) => lookup_error(env, &error),
-            };
-            (tag.load(env), result).encode(env)
-        });
-    });
-    Ok(atoms::ok().encode(env))
+    let work = async move { engine.resolve(&node, family).await };
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, result| match result {
+            Ok(endpoint) => ok_endpoint(env, endpoint),
+            Err(error) => lookup_error(env, &error),
+        },
+    ))
 }
 
 /// The port of node `name` at `ip`, or `:noport`.
@@ -219,19 +215,33 @@ fn topology_poll<'a>(
     pid: LocalPid,
     tag: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    let topology = topology.0.clone();
+    let work = async move { topology.poll().await };
+    Ok(reply_later(env, pid, tag, work, |env, poll| {
+        encode_poll(env, &poll)
+    }))
+}
+
+/// Runs `work` on the DNS thread, never on a scheduler, then sends `{tag, encode(output)}` to
+/// `pid`. Returns `:ok`, or `{:error, :runtime_unavailable}` if the thread could not start.
+fn reply_later<'a, T: Send + 'static>(
+    env: Env<'a>,
+    pid: LocalPid,
+    tag: Term<'a>,
+    work: impl Future<Output = T> + Send + 'static,
+    encode: impl for<'b> FnOnce(Env<'b>, T) -> Term<'b> + Send + 'static,
+) -> Term<'a> {
     let Ok(runtime) = runtime() else {
-        return Ok((atoms::error(), atoms::runtime_unavailable()).encode(env));
+        return (atoms::error(), atoms::runtime_unavailable()).encode(env);
     };
     let mut reply = OwnedEnv::new();
     let tag = reply.save(tag);
-    let topology = topology.0.clone();
     runtime.spawn(async move {
-        let poll = topology.poll().await;
-        let _ = reply.send_and_clear(&pid, |env| {
-            (tag.load(env), encode_poll(env, &poll)).encode(env)
-        });
+        let output = work.await;
+        // The caller may be gone; nothing to do about it here.
+        let _ = reply.send_and_clear(&pid, |env| (tag.load(env), encode(env, output)).encode(env));
     });
-    Ok(atoms::ok().encode(env))
+    atoms::ok().encode(env)
 }
 
 /// Applies records from an injected resolver: `[{priority, weight, port, target}]`.
