@@ -47,4 +47,150 @@ defmodule DynamicSrv.Test.NodeAgent do
       creation: :erlang.system_info(:creation)
     }
   end
+
+  # --- Helpers for the membership tests (DynamicSrv.Cluster running on the node itself) ---
+
+  @events :dynamic_srv_test_events
+  @recorder DynamicSrv.Test.NodeAgent.Recorder
+  @cluster DynamicSrv.Test.NodeAgent.Cluster
+
+  @doc """
+  Starts (once) a process that did `:net_kernel.monitor_nodes(true)` and records every
+  nodeup/nodedown, and owns the public ETS table the counting MFAs below write to.
+  """
+  def start_recorder do
+    case Process.whereis(@recorder) do
+      nil ->
+        caller = self()
+        ref = make_ref()
+
+        spawn(fn ->
+          :ets.new(@events, [:named_table, :public, :set])
+          :ok = :net_kernel.monitor_nodes(true, node_type: :all)
+          Process.register(self(), @recorder)
+          send(caller, {ref, :ready})
+          record_loop()
+        end)
+
+        receive do
+          {^ref, :ready} -> :ok
+        after
+          5_000 -> {:error, :recorder_not_started}
+        end
+
+      _pid ->
+        :ok
+    end
+  end
+
+  defp record_loop do
+    receive do
+      {kind, node, _info} when kind in [:nodeup, :nodedown] ->
+        :ets.insert(@events, {{:event, System.unique_integer([:monotonic])}, kind, node})
+    end
+
+    record_loop()
+  end
+
+  @doc "Every `{:nodeup | :nodedown, node}` seen since `start_recorder/0`, in order."
+  def node_events do
+    @events
+    |> :ets.match_object({{:event, :_}, :_, :_})
+    |> Enum.sort()
+    |> Enum.map(fn {_key, kind, node} -> {kind, node} end)
+  end
+
+  @doc "How many nodedown events the recorder saw."
+  def nodedown_count, do: Enum.count(node_events(), &match?({:nodedown, _}, &1))
+
+  @doc """
+  Starts `DynamicSrv.Cluster` with `opts` under a keeper process that outlives the call,
+  traps exits and records the cluster's exit if it ever dies. Starts the recorder first.
+  """
+  def start_cluster(opts) do
+    :ok = start_recorder()
+    caller = self()
+    ref = make_ref()
+
+    spawn(fn ->
+      Process.flag(:trap_exit, true)
+      send(caller, {ref, DynamicSrv.Cluster.start_link(Keyword.put(opts, :name, @cluster))})
+      keep_loop()
+    end)
+
+    receive do
+      {^ref, result} -> result
+    after
+      10_000 -> {:error, :cluster_not_started}
+    end
+  end
+
+  defp keep_loop do
+    receive do
+      {:EXIT, pid, reason} ->
+        key = {:cluster_exit, System.unique_integer([:monotonic])}
+        :ets.insert(@events, {key, pid, reason})
+    end
+
+    keep_loop()
+  end
+
+  @doc "The running cluster's pid, or nil."
+  def cluster_pid, do: Process.whereis(@cluster)
+
+  @doc "Exits of the cluster process recorded by its keeper: `[{pid, reason}]`."
+  def cluster_exits do
+    for {{:cluster_exit, _}, pid, reason} <-
+          :ets.match_object(@events, {{:cluster_exit, :_}, :_, :_}),
+        do: {pid, reason}
+  end
+
+  @doc "DynamicSrv.Cluster.members/1 of the cluster started by start_cluster/1."
+  def cluster_members, do: DynamicSrv.Cluster.members(@cluster)
+
+  @doc "DynamicSrv.Cluster.poll_now/1 of the cluster started by start_cluster/1."
+  def cluster_poll_now, do: DynamicSrv.Cluster.poll_now(@cluster)
+
+  @doc "Stops the cluster started by start_cluster/1 (its keeper records the :shutdown exit)."
+  def stop_cluster, do: GenServer.stop(@cluster, :shutdown)
+
+  @doc "A `:connect` MFA target: counts the attempts per node, then connects as the default."
+  def counting_connect(node) do
+    :ets.update_counter(@events, {:connects, node}, 1, {{:connects, node}, 0})
+    :net_kernel.connect_node(node)
+  end
+
+  @doc "A `:list_nodes` MFA target: counts the calls (one per applied poll), as the default."
+  def counting_list_nodes do
+    :ets.update_counter(@events, :list_nodes_calls, 1, {:list_nodes_calls, 0})
+    :erlang.nodes(:connected)
+  end
+
+  @doc "How many times counting_connect/1 was called for `node`."
+  def connect_count(node) do
+    case :ets.lookup(@events, {:connects, node}) do
+      [{_, n}] -> n
+      [] -> 0
+    end
+  end
+
+  @doc "How many times counting_list_nodes/0 was called."
+  def list_nodes_calls do
+    case :ets.lookup(@events, :list_nodes_calls) do
+      [{_, n}] -> n
+      [] -> 0
+    end
+  end
+
+  @doc "The names (binaries) that exist as atoms on this node; creates no atom."
+  def existing_atoms(names) do
+    Enum.filter(names, fn name ->
+      try do
+        _ = :erlang.binary_to_existing_atom(name, :utf8)
+        true
+      rescue
+        ArgumentError -> false
+      end
+    end)
+  end
 end
