@@ -12,6 +12,14 @@ defmodule DynamicSrv.Integration.MembershipTest do
   @poll 300
   @dns_opts [extra: ["--local=/dyn.test/"]]
 
+  # The strategy's connect/list MFAs, wrapped to count connect attempts per node and applied
+  # polls (see NodeAgent.counting_connect/1 and counting_list_nodes/0); they then do what the
+  # defaults do.
+  @counting [
+    connect: {NodeAgent, :counting_connect, []},
+    list_nodes: {NodeAgent, :counting_list_nodes, []}
+  ]
+
   # --- helpers ---------------------------------------------------------------------------
 
   defp specs(names) do
@@ -180,13 +188,6 @@ defmodule DynamicSrv.Integration.MembershipTest do
       %{specs: specs, dns: dns, peers: peers, gone: gone, kept: kept}
     end
 
-    # The strategy's connect/list MFAs, wrapped to count connect attempts per node and
-    # applied polls (see NodeAgent.counting_connect/1 and counting_list_nodes/0).
-    @counting [
-      connect: {NodeAgent, :counting_connect, []},
-      list_nodes: {NodeAgent, :counting_list_nodes, []}
-    ]
-
     defp deregister_last!(specs, dns),
       do: DnsServer.restart!(dns, records(Enum.take(specs, 4)), @dns_opts)
 
@@ -328,6 +329,14 @@ defmodule DynamicSrv.Integration.MembershipTest do
     assert Peer.call(reborn, DynamicSrv.Epmd, :names, [~c"svc.dyn.test"]) ==
              {:ok, [{~c"n3", new_port}]}
 
+    # Every other node's strategy learned the new port from its polls.
+    for peer <- others do
+      assert Mesh.eventually(fn ->
+               Peer.call(peer, DynamicSrv.Epmd, :address_please, [~c"n3", ~c"svc.dyn.test", :inet]) ==
+                 {:ok, {127, 0, 0, 1}, new_port, 6}
+             end)
+    end
+
     new_creation = Peer.call(reborn, :erlang, :system_info, [:creation])
     assert new_creation != old_creation
 
@@ -336,6 +345,62 @@ defmodule DynamicSrv.Integration.MembershipTest do
     for peer <- others do
       assert Peer.call(peer, :erpc, :call, [reborn.name, :erlang, :system_info, [:creation]]) ==
                new_creation
+    end
+  end
+
+  test "a DNS outage disconnects nobody; the mesh heals from the stale cache and grows after it" do
+    specs = specs(for i <- 1..6, do: "n#{i}")
+    {new_spec, specs} = List.pop_at(specs, 5)
+    dns = start_dns!(records(specs))
+    # Cached answers expire after 1 s, so during the outage every lookup is a stale one.
+    peers = boot!(specs, dns, %{"DYNAMIC_SRV_MIN_TTL_MS" => "1000"})
+    start_clusters!(peers, @counting)
+    assert_full_mesh(peers)
+
+    DnsServer.stop(dns)
+    await_polls(peers, 10)
+
+    for peer <- peers do
+      assert Peer.call(peer, NodeAgent, :nodedown_count, []) == 0
+      assert Enum.sort(members(peer)) == Enum.sort(Enum.map(peers, & &1.name))
+    end
+
+    assert_full_mesh(peers)
+
+    # Still in the outage: cut one pair. Their strategies dial again, and the epmd module
+    # answers from the expired (stale) cache entries since DNS cannot.
+    [p1, p2 | _] = peers
+    assert Peer.call(p1, Node, :disconnect, [p2.name]) == true
+    await_polls(peers, 2)
+    assert_full_mesh(peers)
+
+    nodedowns = Map.new(peers, &{&1.name, Peer.call(&1, NodeAgent, :node_events, [])})
+    assert Enum.count(nodedowns[p1.name], &(&1 == {:nodedown, p2.name})) == 1
+    assert Enum.count(nodedowns[p2.name], &(&1 == {:nodedown, p1.name})) == 1
+
+    for {name, events} <- nodedowns, name not in [p1.name, p2.name] do
+      assert Enum.count(events, &match?({:nodedown, _}, &1)) == 0, "#{name}: #{inspect(events)}"
+    end
+
+    # DNS is back, on the same port, now also listing a sixth node.
+    dns = DnsServer.start!(records(specs ++ [new_spec]), Keyword.put(@dns_opts, :port, dns.port))
+
+    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
+    [n6] = boot!([new_spec], dns)
+    start_clusters!([n6], @counting)
+    all = peers ++ [n6]
+    assert_full_mesh(all)
+
+    for peer <- all do
+      assert Mesh.eventually(fn -> length(members(peer)) == 6 end)
+    end
+
+    # Nobody was disconnected but the pair we cut.
+    for peer <- peers do
+      downs =
+        Enum.count(Peer.call(peer, NodeAgent, :node_events, []), &match?({:nodedown, _}, &1))
+
+      assert downs == if(peer in [p1, p2], do: 1, else: 0)
     end
   end
 end

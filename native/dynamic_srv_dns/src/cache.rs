@@ -2,9 +2,10 @@
 //!
 //! Entries are keyed by node name and address family. An entry is *fresh* until
 //! `max(ttl, min_ttl)` has passed, then *stale* for `max_stale` more, during which it is still
-//! served when DNS fails. A lookup that fails marks the entry, and while that mark is recent
-//! (younger than `min_ttl`) the stale entry is answered at once instead of waiting on a DNS
-//! server that is known to be down.
+//! served when DNS fails. A lookup that fails marks the entry (and the cache as a whole: the
+//! membership poller notices an outage before any connection does), and while that mark is
+//! recent the stale entry is answered at once instead of waiting on a DNS server that is
+//! known to be down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +65,8 @@ pub enum Cached {
 #[derive(Debug)]
 pub struct Cache {
     entries: Mutex<HashMap<(String, Family), Entry>>,
+    /// When any lookup last failed, if DNS has not answered since.
+    dns_failed_at: Mutex<Option<Instant>>,
     capacity: usize,
 }
 
@@ -77,11 +80,13 @@ impl Cache {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            dns_failed_at: Mutex::new(None),
             capacity,
         }
     }
 
     pub fn get(&self, key: &str, family: Family, outage_window: Duration, now: Instant) -> Cached {
+        let dns_failed_at = *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner());
         let entries = self.lock();
         let Some(entry) = entries.get(&(key.to_string(), family)) else {
             return Cached::Miss;
@@ -91,6 +96,7 @@ impl Cache {
         } else if now < entry.stale_until
             && entry
                 .failed_at
+                .max(dns_failed_at)
                 .is_some_and(|failed| now.saturating_duration_since(failed) < outage_window)
         {
             Cached::StaleDuringOutage(entry.endpoint)
@@ -141,6 +147,16 @@ impl Cache {
         }
         entry.failed_at = Some(now);
         Some(entry.endpoint)
+    }
+
+    /// DNS failed (any lookup, including the membership poll's).
+    pub fn note_dns_failure(&self, now: Instant) {
+        *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// DNS answered: the outage, if any, is over.
+    pub fn note_dns_answer(&self) {
+        *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Forgets a name DNS says no longer exists.
@@ -215,6 +231,27 @@ mod tests {
         );
         // Past the stale window nothing is served.
         assert_eq!(cache.fail("a@h", Family::Inet, t0 + 70 * SEC), None);
+    }
+
+    #[test]
+    fn an_outage_seen_elsewhere_serves_stale_entries_at_once() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 60 * SEC, t0);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 2 * SEC),
+            Cached::Miss
+        );
+        cache.note_dns_failure(t0 + 2 * SEC);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 3 * SEC),
+            Cached::StaleDuringOutage(addr(1))
+        );
+        cache.note_dns_answer();
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 3 * SEC),
+            Cached::Miss
+        );
     }
 
     #[test]

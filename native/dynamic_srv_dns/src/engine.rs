@@ -103,6 +103,7 @@ impl Engine {
         let now = Instant::now();
         match found {
             Ok((endpoint, ttl)) => {
+                self.cache.note_dns_answer();
                 let hold = Duration::from_secs(ttl.into()).max(self.config.min_ttl);
                 self.cache
                     .insert(&key, family, endpoint, hold, self.config.max_stale, now);
@@ -114,13 +115,16 @@ impl Engine {
                 tracing::debug!(node = %node, %error, "not in DNS");
                 Err(error)
             }
-            Err(error) => match self.cache.fail(&key, family, now) {
-                Some(stale) => {
-                    tracing::warn!(node = %node, %error, endpoint = %stale, "DNS failed, using the last known address");
-                    Ok(stale)
+            Err(error) => {
+                self.cache.note_dns_failure(now);
+                match self.cache.fail(&key, family, now) {
+                    Some(stale) => {
+                        tracing::warn!(node = %node, %error, endpoint = %stale, "DNS failed, using the last known address");
+                        Ok(stale)
+                    }
+                    None => Err(error),
                 }
-                None => Err(error),
-            },
+            }
         }
     }
 

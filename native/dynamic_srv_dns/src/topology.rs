@@ -106,6 +106,7 @@ impl Topology {
 
     /// Applies an SRV answer: maps targets, fills the address cache, updates membership.
     pub fn apply_srv(&self, answer: &SrvAnswer) -> Poll {
+        self.engine.cache().note_dns_answer();
         let mut nodes = Vec::new();
         let mut unmapped: Vec<(String, String)> = answer
             .rejected_targets
@@ -143,6 +144,7 @@ impl Topology {
     }
 
     pub fn apply_failure(&self, reason: &str) -> Poll {
+        self.engine.cache().note_dns_failure(Instant::now());
         Poll {
             change: self.membership().observe_failure(reason),
             ..Poll::default()
