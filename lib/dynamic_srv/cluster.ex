@@ -44,6 +44,9 @@ defmodule DynamicSrv.Cluster do
       an unreachable peer delays nobody; a node that dropped its connection is retried.
     * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to
       a discovered peer costs no further DNS query.
+    * A node that sees *itself* leave DNS stops dialing its former members (with
+      `disconnect_on_deregister: true`), so the others' disconnect sticks; it dials again
+      once it is listed again.
   """
   use GenServer
   require Logger
@@ -103,6 +106,7 @@ defmodule DynamicSrv.Cluster do
         members: [],
         atoms: NodeAtoms.new(options.max_node_atoms),
         atom_warning_given: false,
+        deregistered?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
         waiting: [],
@@ -208,11 +212,40 @@ defmodule DynamicSrv.Cluster do
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
 
+    state = %{state | members: members, deregistered?: deregistered?(poll, state)}
+
     if state.options.disconnect_on_deregister do
       disconnect(Enum.flat_map(poll.left, &existing_atom/1), state)
     end
 
-    connect(members, %{state | members: members})
+    # A node that left DNS stops dialing, or it would undo the others' disconnect on its
+    # next poll. A node not yet listed (registration still in flight) dials as usual.
+    if state.deregistered? and state.options.disconnect_on_deregister,
+      do: state,
+      else: connect(members, state)
+  end
+
+  defp deregistered?(poll, state) do
+    me = node() |> Atom.to_string() |> String.downcase()
+    listed? = fn names -> Enum.any?(names, &(String.downcase(&1) == me)) end
+
+    cond do
+      listed?.(poll.members) ->
+        state.deregistered? &&
+          Logger.info("this node is listed in #{state.options.service} again")
+
+        false
+
+      listed?.(poll.left) ->
+        Logger.info(
+          "this node left #{state.options.service} in DNS; not connecting to its members"
+        )
+
+        true
+
+      true ->
+        state.deregistered?
+    end
   end
 
   defp existing_atom(name) do

@@ -10,6 +10,12 @@ defmodule DynamicSrv.Test.DnsServer do
   @doc """
   Records: `{:srv, name, target, port}`, `{:srv, name, target, port, priority, weight}`,
   `{:a, name, ip_string}` (IPv4 or IPv6).
+
+  Options: `:port`, `:extra` (more dnsmasq arguments), `:tcp_workers` (default `false`).
+  By default dnsmasq runs with `--no-daemon`, which also makes it serve TCP inline in its one
+  process: a client that keeps its TCP connection open (hickory reuses connections) then
+  starves every other client, UDP included. `tcp_workers: true` runs it with
+  `--keep-in-foreground` instead, so each TCP connection gets its own child, as in production.
   """
   def start!(records, opts \\ []) do
     unless File.exists?(@dnsmasq) do
@@ -31,7 +37,10 @@ defmodule DynamicSrv.Test.DnsServer do
   defp start_on(port, records, dir, opts) do
     args =
       [
-        "--no-daemon",
+        if(Keyword.get(opts, :tcp_workers, false),
+          do: "--keep-in-foreground",
+          else: "--no-daemon"
+        ),
         "--port=#{port}",
         "--listen-address=127.0.0.1",
         "--bind-interfaces",
@@ -70,21 +79,48 @@ defmodule DynamicSrv.Test.DnsServer do
   @doc "Stops the server and starts it again on the same port with new records."
   def restart!(%__MODULE__{} = server, records, opts \\ []) do
     stop(server)
+    # The old log already says "started": without it, readiness waits for the new server.
+    File.rm(Path.join(server.dir, "log"))
     start_on(server.port, records, server.dir, opts)
   end
 
   # Waits on /proc rather than on the port's exit_status: in on_exit callbacks the caller is
   # not the port owner and would never receive it.
-  def stop(%__MODULE__{os_pid: os_pid}) do
+  #
+  # With `tcp_workers: true` dnsmasq forks a child per TCP connection, and a child outlives
+  # its parent while its client keeps the connection open: it goes on answering with the old
+  # records and holds the port, so a new dnsmasq cannot bind it. Those children carry the
+  # parent's command line, which names this server's own directory: they are found by it and
+  # stopped too.
+  def stop(%__MODULE__{os_pid: os_pid} = server) do
+    terminate(os_pid)
+
+    for pid <- tcp_workers(server), do: terminate(pid)
+
+    :ok
+  end
+
+  defp terminate(os_pid) do
     System.cmd("kill", ["-TERM", Integer.to_string(os_pid)], stderr_to_stdout: true)
 
     unless gone_within?(os_pid, 250) do
       System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
       gone_within?(os_pid, 250)
     end
-
-    :ok
   end
+
+  defp tcp_workers(%__MODULE__{dir: dir}) when is_binary(dir) do
+    marker = "--pid-file=#{dir}/pid"
+
+    for entry <- File.ls!("/proc"),
+        {pid, ""} <- [Integer.parse(entry)],
+        {:ok, cmdline} <- [File.read("/proc/#{entry}/cmdline")],
+        marker in String.split(cmdline, <<0>>),
+        alive?(pid),
+        do: pid
+  end
+
+  defp tcp_workers(_server), do: []
 
   defp gone_within?(os_pid, tries) do
     cond do

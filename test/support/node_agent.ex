@@ -193,4 +193,37 @@ defmodule DynamicSrv.Test.NodeAgent do
       end
     end)
   end
+
+  @doc """
+  Keeps every log event at `level` or above from now on (in the recorder's table), so a
+  test can read what the node logged: `captured_logs/0`. Starts the recorder.
+  """
+  def start_log_capture(level \\ :info) do
+    :ok = start_recorder()
+    :logger.add_handler(:dynamic_srv_test_capture, __MODULE__, %{level: level})
+  end
+
+  @doc false
+  # :logger handler callback for start_log_capture/1.
+  def log(%{level: level, msg: msg, meta: meta}, _config) do
+    text =
+      case msg do
+        {:string, chardata} -> IO.chardata_to_string(chardata)
+        {:report, report} -> inspect(report)
+        {format, args} -> format |> :io_lib.format(args) |> IO.chardata_to_string()
+      end
+
+    key = {:log, System.unique_integer([:monotonic])}
+    :ets.insert(@events, {key, level, text, Map.get(meta, :mfa)})
+  rescue
+    _ -> :ok
+  end
+
+  @doc "The log events captured since start_log_capture/1: `[{level, text}]`, in order."
+  def captured_logs do
+    @events
+    |> :ets.match_object({{:log, :_}, :_, :_, :_})
+    |> Enum.sort()
+    |> Enum.map(fn {_key, level, text, _mfa} -> {level, text} end)
+  end
 end

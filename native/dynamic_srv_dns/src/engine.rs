@@ -226,7 +226,8 @@ impl Engine {
         Ok(addresses[0])
     }
 
-    async fn bounded<T>(
+    /// Runs `lookup` within the lookup timeout; a timeout names the whole budget.
+    pub(crate) async fn bounded<T>(
         &self,
         name: &str,
         lookup: impl Future<Output = Result<T, LookupError>>,

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::cache::Family;
 use crate::engine::Engine;
-use crate::error::LookupError;
 use crate::membership::{Change, Membership};
 use crate::naming::{validate_dns_name, NodeName};
 use crate::node_naming::NodeNaming;
@@ -72,34 +71,29 @@ impl Topology {
     /// Queries DNS and applies the answer.
     pub async fn poll(&self) -> Poll {
         let service = &self.config.service;
-        let budget = self.engine.config().lookup_timeout;
+        let dns = self.engine.dns();
         if self.config.naming.uses_srv() {
-            let answer = tokio::time::timeout(budget, self.engine.dns().srv(service)).await;
-            match answer {
-                Ok(Ok(answer)) => self.apply_srv(&answer),
-                Ok(Err(error)) if error.is_authoritative_absence() => {
+            match self.engine.bounded(service, dns.srv(service)).await {
+                Ok(answer) => self.apply_srv(&answer),
+                Err(error) if error.is_authoritative_absence() => {
                     self.apply_srv(&SrvAnswer::default())
                 }
-                Ok(Err(error)) => self.apply_failure(&error.to_string()),
-                Err(_) => self.apply_failure(&timeout(service, budget).to_string()),
+                Err(error) => self.apply_failure(&error.to_string()),
             }
         } else {
-            let family = self.config.family;
-            let answer =
-                tokio::time::timeout(budget, self.engine.dns().addresses(service, family)).await;
-            match answer {
-                Ok(Ok(addresses)) => {
+            let lookup = dns.addresses(service, self.config.family);
+            match self.engine.bounded(service, lookup).await {
+                Ok(addresses) => {
                     let nodes = addresses
                         .iter()
                         .filter_map(|(ip, _)| self.config.naming.node_for_ip(*ip))
                         .collect();
                     self.apply_nodes(nodes, Vec::new(), addresses.len())
                 }
-                Ok(Err(error)) if error.is_authoritative_absence() => {
+                Err(error) if error.is_authoritative_absence() => {
                     self.apply_nodes(Vec::new(), Vec::new(), 0)
                 }
-                Ok(Err(error)) => self.apply_failure(&error.to_string()),
-                Err(_) => self.apply_failure(&timeout(service, budget).to_string()),
+                Err(error) => self.apply_failure(&error.to_string()),
             }
         }
     }
@@ -187,12 +181,5 @@ impl Topology {
 
     fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn timeout(name: &str, after: Duration) -> LookupError {
-    LookupError::Timeout {
-        name: name.to_string(),
-        after,
     }
 }
