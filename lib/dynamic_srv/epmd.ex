@@ -118,45 +118,23 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  # This runs inside net_kernel, so the lookup result comes back through a short-lived proxy
-  # and an alias: an answer that arrives after we gave up is dropped, never left in
-  # net_kernel's mailbox.
+  # This runs inside net_kernel. The DNS thread bounds the lookup by the timeout and drops an
+  # answer it could only deliver more than a second after that, and we wait two: no answer
+  # can arrive after we stop waiting and linger in net_kernel's mailbox.
   defp await_lookup(engine, node, family, timeout) do
-    reply_to = :erlang.alias([:reply])
+    tag = make_ref()
 
-    spawn(fn ->
-      tag = make_ref()
-
-      result =
-        case Native.lookup(engine, node, family, self(), tag) do
-          :ok ->
-            receive do
-              {^tag, result} -> result
-            after
-              timeout + 1_000 -> {:error, :timeout, "no answer"}
-            end
-
-          {:error, reason} ->
-            {:error, reason, "lookup not started"}
-        end
-
-      send(reply_to, {reply_to, result})
-    end)
-
-    receive do
-      {^reply_to, {:ok, ip, port}} -> {:ok, ip, port, @dist_version}
-      {^reply_to, {:error, reason, _message}} -> {:error, reason}
-    after
-      timeout + 2_000 ->
-        :erlang.unalias(reply_to)
-
+    case Native.lookup(engine, node, family, self(), tag) do
+      :ok ->
         receive do
-          {^reply_to, _} -> :ok
+          {^tag, {:ok, ip, port}} -> {:ok, ip, port, @dist_version}
+          {^tag, {:error, reason, _message}} -> {:error, reason}
         after
-          0 -> :ok
+          timeout + 2_000 -> {:error, :timeout}
         end
 
-        {:error, :timeout}
+      {:error, reason} ->
+        {:error, reason}
     end
   end
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,8 @@ pub struct Entry {
     pub stale_until: Instant,
     /// When the last refresh of this entry failed, if it did.
     pub failed_at: Option<Instant>,
+    /// When a background refresh was started, so an outage starts one, not one per call.
+    pub refresh_started: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +68,10 @@ pub enum Cached {
 #[derive(Debug)]
 pub struct Cache {
     entries: Mutex<HashMap<(String, Family), Entry>>,
-    /// When any lookup last failed, if DNS has not answered since.
-    dns_failed_at: Mutex<Option<Instant>>,
+    /// When any lookup last failed, as nanoseconds after `epoch`; 0 once DNS answers again.
+    /// Atomic, so a cache hit takes one lock, not two.
+    dns_failed_at: AtomicU64,
+    epoch: Instant,
     capacity: usize,
 }
 
@@ -80,13 +85,17 @@ impl Cache {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
-            dns_failed_at: Mutex::new(None),
+            dns_failed_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             capacity,
         }
     }
 
     pub fn get(&self, key: &str, family: Family, outage_window: Duration, now: Instant) -> Cached {
-        let dns_failed_at = *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        let dns_failed_at = match self.dns_failed_at.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.epoch + Duration::from_nanos(nanos)),
+        };
         let entries = self.lock();
         let Some(entry) = entries.get(&(key.to_string(), family)) else {
             return Cached::Miss;
@@ -134,6 +143,7 @@ impl Cache {
                 fresh_until,
                 stale_until: fresh_until + max_stale,
                 failed_at: None,
+                refresh_started: None,
             },
         );
     }
@@ -146,17 +156,37 @@ impl Cache {
             return None;
         }
         entry.failed_at = Some(now);
+        entry.refresh_started = None;
         Some(entry.endpoint)
     }
 
     /// DNS failed (any lookup, including the membership poll's).
     pub fn note_dns_failure(&self, now: Instant) {
-        *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        let nanos = now.saturating_duration_since(self.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+        self.dns_failed_at.store(nanos, Ordering::Relaxed);
     }
 
     /// DNS answered: the outage, if any, is over.
     pub fn note_dns_answer(&self) {
-        *self.dns_failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.dns_failed_at.store(0, Ordering::Relaxed);
+    }
+
+    /// True if the caller should start a background refresh of this entry: none started
+    /// within `window` (a refresh that died is retried after it).
+    pub fn claim_refresh(&self, key: &str, family: Family, window: Duration, now: Instant) -> bool {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&(key.to_string(), family)) else {
+            return false;
+        };
+        if entry
+            .refresh_started
+            .is_some_and(|started| now.saturating_duration_since(started) < window)
+        {
+            return false;
+        }
+        entry.refresh_started = Some(now);
+        true
     }
 
     /// Forgets a name DNS says no longer exists.
@@ -252,6 +282,21 @@ mod tests {
             cache.get("a@h", Family::Inet, 5 * SEC, t0 + 3 * SEC),
             Cached::Miss
         );
+    }
+
+    #[test]
+    fn one_background_refresh_at_a_time() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 60 * SEC, t0);
+        assert!(cache.claim_refresh("a@h", Family::Inet, 3 * SEC, t0));
+        assert!(!cache.claim_refresh("a@h", Family::Inet, 3 * SEC, t0 + SEC));
+        // The refresh failed: the next one may start.
+        cache.fail("a@h", Family::Inet, t0 + 2 * SEC);
+        assert!(cache.claim_refresh("a@h", Family::Inet, 3 * SEC, t0 + 2 * SEC));
+        // A refresh that never reported is retried after the window.
+        assert!(cache.claim_refresh("a@h", Family::Inet, 3 * SEC, t0 + 6 * SEC));
+        assert!(!cache.claim_refresh("b@h", Family::Inet, 3 * SEC, t0));
     }
 
     #[test]

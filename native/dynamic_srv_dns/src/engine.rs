@@ -84,6 +84,19 @@ impl Engine {
             .get(&node.key(), family, self.outage_window(), Instant::now()))
     }
 
+    /// For a `StaleDuringOutage` answer: true if this caller should start the background
+    /// refresh (only one runs at a time per entry).
+    pub fn claim_refresh(&self, node: &str, family: Family) -> bool {
+        NodeName::parse(node).is_ok_and(|node| {
+            self.cache.claim_refresh(
+                &node.key(),
+                family,
+                self.config.lookup_timeout,
+                Instant::now(),
+            )
+        })
+    }
+
     /// Asks DNS (bounded by the lookup timeout) and caches the answer. When DNS fails and an
     /// expired answer is still within its stale window, that answer is returned instead.
     pub async fn resolve(&self, node: &str, family: Family) -> Result<SocketAddr, LookupError> {

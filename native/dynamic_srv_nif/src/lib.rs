@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dynamic_srv_dns::config::{parse_nameservers, NAMESERVERS, VARIABLES};
 use dynamic_srv_dns::resolver::SrvRecord;
@@ -105,7 +106,7 @@ fn lookup_cached<'a>(
     Ok(match engine.0.cached(&node, family) {
         Ok(Cached::Fresh(endpoint)) => ok_endpoint(env, endpoint),
         Ok(Cached::StaleDuringOutage(endpoint)) => {
-            if let Ok(runtime) = runtime() {
+            if let (true, Ok(runtime)) = (engine.0.claim_refresh(&node, family), runtime()) {
                 let engine = engine.0.clone();
                 runtime.spawn(async move {
                     // The outcome lands in the cache; a failure just keeps the stale entry.
@@ -132,7 +133,13 @@ fn lookup<'a>(
 ) -> NifResult<Term<'a>> {
     let family = decode_family(family)?;
     let engine = engine.0.clone();
-    let work = async move { engine.resolve(&node, family).await };
+    // The caller waits the lookup timeout plus 2 s; an answer later than timeout + 1 s is
+    // dropped, so it can never land in the mailbox of a caller that gave up (net_kernel).
+    let deliver_until = Instant::now() + engine.config().lookup_timeout + Duration::from_secs(1);
+    let work = async move {
+        let result = engine.resolve(&node, family).await;
+        (Instant::now() <= deliver_until).then_some(result)
+    };
     Ok(reply_later(
         env,
         pid,
@@ -216,19 +223,20 @@ fn topology_poll<'a>(
     tag: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let topology = topology.0.clone();
-    let work = async move { topology.poll().await };
+    let work = async move { Some(topology.poll().await) };
     Ok(reply_later(env, pid, tag, work, |env, poll| {
         encode_poll(env, &poll)
     }))
 }
 
 /// Runs `work` on the DNS thread, never on a scheduler, then sends `{tag, encode(output)}` to
-/// `pid`. Returns `:ok`, or `{:error, :runtime_unavailable}` if the thread could not start.
+/// `pid`, or nothing if `work` gives nothing. Returns `:ok`, or
+/// `{:error, :runtime_unavailable}` if the thread could not start.
 fn reply_later<'a, T: Send + 'static>(
     env: Env<'a>,
     pid: LocalPid,
     tag: Term<'a>,
-    work: impl Future<Output = T> + Send + 'static,
+    work: impl Future<Output = Option<T>> + Send + 'static,
     encode: impl for<'b> FnOnce(Env<'b>, T) -> Term<'b> + Send + 'static,
 ) -> Term<'a> {
     let Ok(runtime) = runtime() else {
@@ -237,9 +245,11 @@ fn reply_later<'a, T: Send + 'static>(
     let mut reply = OwnedEnv::new();
     let tag = reply.save(tag);
     runtime.spawn(async move {
-        let output = work.await;
-        // The caller may be gone; nothing to do about it here.
-        let _ = reply.send_and_clear(&pid, |env| (tag.load(env), encode(env, output)).encode(env));
+        if let Some(output) = work.await {
+            // The caller may be gone; nothing to do about it here.
+            let _ =
+                reply.send_and_clear(&pid, |env| (tag.load(env), encode(env, output)).encode(env));
+        }
     });
     atoms::ok().encode(env)
 }

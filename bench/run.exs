@@ -1,0 +1,215 @@
+# Every benchmark of issue 5, side by side with the classic baseline in the same run; prints
+# the results and rewrites the results section of BENCHMARKS.md. Run it through
+# ./scripts/bench (which compiles, sets MIX_ENV=test and cleans up after a crash):
+#
+#   ./scripts/bench            the full run (about 3 minutes on 2 cores)
+#   ./scripts/bench --quick    shorter, for trying changes; BENCHMARKS.md is left alone
+#   ./scripts/bench --only latency,safety   some sections (implies --no-write)
+#   ./scripts/bench --no-write
+Code.require_file("support/load.exs", __DIR__)
+
+alias DynamicSrv.Bench.{
+  ClusterResults,
+  ClusterRun,
+  Concurrency,
+  Footprint,
+  LargeAnswer,
+  Latency,
+  Report,
+  Safety,
+  SafetyInCluster
+}
+
+{opts, _, _} =
+  OptionParser.parse(System.argv(), strict: [quick: :boolean, write: :boolean, only: :string])
+
+quick = Keyword.get(opts, :quick, false)
+only = opts[:only] && opts[:only] |> String.split(",") |> Enum.map(&String.to_atom/1)
+write = Keyword.get(opts, :write, not quick and only == nil)
+want? = fn section -> only == nil or section in only end
+
+started = DateTime.utc_now() |> DateTime.truncate(:second)
+t0 = System.monotonic_time(:millisecond)
+load_before = Report.loadavg()
+{:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+Logger.configure(level: :error)
+
+step = fn name, fun ->
+  IO.puts(:stderr, "==> #{name} (#{div(System.monotonic_time(:millisecond) - t0, 1000)} s)")
+
+  try do
+    {:ok, fun.()}
+  rescue
+    error ->
+      IO.puts(:stderr, Exception.format(:error, error, __STACKTRACE__))
+      {:failed, Exception.message(error)}
+  end
+end
+
+failed = fn key, title, reason ->
+  %{key: key, title: title, failed: reason, goals: [], rows: [], notes: [], columns: []}
+end
+
+latency =
+  if want?.(:latency) do
+    case step.("1. address_please latency", fn ->
+           Latency.run(if quick, do: [rounds: 3, ttl0_ms: 2_000], else: [])
+         end) do
+      {:ok, sections} -> sections
+      {:failed, why} -> [failed.(:latency, "1. `address_please/3` latency", why)]
+    end
+  else
+    []
+  end
+
+large =
+  if want?.(:large_answer) do
+    case step.("4. large answer", fn -> LargeAnswer.run(if quick, do: [polls: 10], else: []) end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:large_answer, "4. Large answers", why)
+    end
+  end
+
+safety =
+  if want?.(:safety) do
+    case step.("6. scheduler safety", fn ->
+           Safety.run(if quick, do: [lookups: 20_000, classic_lookups: 5_000], else: [])
+         end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:safety, "6. Scheduler safety", why)
+    end
+  end
+
+concurrency =
+  if want?.(:concurrency) do
+    case step.("7. concurrency", fn -> Concurrency.run(if quick, do: [ms: 300], else: []) end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:concurrency, "7. Concurrency", why)
+    end
+  end
+
+idle =
+  if want?.(:footprint) do
+    case step.("5. footprint, idle nodes", fn -> Footprint.run() end) do
+      {:ok, idle} -> idle
+      {:failed, why} -> {:failed, why}
+    end
+  end
+
+keep_ms = if quick, do: 5_000, else: 30_000
+
+load_runs =
+  if want?.(:dns_load) or want?.(:convergence) or want?.(:footprint) do
+    for arm <- [:ours, :classic], into: %{} do
+      {arm,
+       step.("2. DNS load, 10 nodes, #{arm}", fn ->
+         ClusterRun.trial(arm, 10, keep_ms: keep_ms, join: true)
+       end)}
+    end
+  end
+
+trials =
+  if want?.(:convergence) do
+    sizes = [5, 10, 20]
+    per = if quick, do: 1, else: 3
+
+    for round <- 1..per, n <- sizes, arm <- [:ours, :classic] do
+      step.("3. convergence #{n} nodes, #{arm} (#{round}/#{per})", fn ->
+        ClusterRun.trial(arm, n)
+      end)
+    end
+  end
+
+loaded = fn -> match?(%{ours: {:ok, _}, classic: {:ok, _}}, load_runs) end
+
+dns_load =
+  cond do
+    not want?.(:dns_load) -> nil
+    loaded.() -> ClusterResults.dns_load(elem(load_runs.ours, 1), elem(load_runs.classic, 1))
+    true -> failed.(:dns_load, "2. DNS load", inspect(load_runs))
+  end
+
+dns_load =
+  if dns_load && quick,
+    do: %{
+      dns_load
+      | notes: dns_load.notes ++ ["--quick: #{div(keep_ms, 1000)} s instead of 30 s."]
+    },
+    else: dns_load
+
+convergence =
+  cond do
+    not want?.(:convergence) ->
+      nil
+
+    not loaded.() ->
+      failed.(:convergence, "3. Convergence", "the DNS load run failed")
+
+    true ->
+      ok = for {:ok, t} <- trials, do: t
+      bad = for {:failed, why} <- trials, do: why
+
+      section =
+        ClusterResults.convergence(ok, elem(load_runs.ours, 1), elem(load_runs.classic, 1))
+
+      if bad == [],
+        do: section,
+        else: %{
+          section
+          | notes: section.notes ++ ["#{length(bad)} trials failed: #{Enum.join(bad, "; ")}"]
+        }
+  end
+
+footprint =
+  cond do
+    not want?.(:footprint) ->
+      nil
+
+    match?({:failed, _}, idle) ->
+      failed.(:footprint, "5. Footprint", elem(idle, 1))
+
+    true ->
+      cluster =
+        if loaded.() do
+          statuses =
+            for arm <- [:ours, :classic], s <- elem(load_runs[arm], 1).footprint, do: {arm, s}
+
+          Footprint.summarize(statuses)
+        end
+
+      Footprint.result(idle, cluster, div(keep_ms, 1000))
+  end
+
+safety =
+  if safety && Map.has_key?(safety, :data) && loaded.(),
+    do: SafetyInCluster.add(safety, elem(load_runs.ours, 1), elem(load_runs.classic, 1)),
+    else: safety
+
+sections =
+  Enum.reject(
+    latency ++ [dns_load, convergence, large, footprint, safety, concurrency],
+    &is_nil/1
+  )
+
+elapsed_s = div(System.monotonic_time(:millisecond) - t0, 1000)
+
+info = %{
+  started: Calendar.strftime(started, "%Y-%m-%d %H:%M UTC"),
+  machine: Report.machine(),
+  software: Report.software(),
+  load_before: load_before,
+  load_after: Report.loadavg(),
+  elapsed: "#{div(elapsed_s, 60)} min #{rem(elapsed_s, 60)} s (benchmarks only, after compiling)",
+  extra: if(quick, do: " **Quick run (--quick): fewer samples and trials.**", else: "")
+}
+
+results = Report.render(sections, info)
+IO.puts(results)
+
+if write do
+  path = Path.expand("../BENCHMARKS.md", __DIR__)
+  Report.write(path, results)
+  IO.puts(:stderr, "==> wrote the results section of #{Path.relative_to_cwd(path)}")
+end
+
+if Enum.any?(sections, &Map.has_key?(&1, :failed)), do: System.halt(1)

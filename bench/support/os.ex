@@ -1,0 +1,216 @@
+defmodule DynamicSrv.Bench.Os do
+  @moduledoc false
+  # Free loopback ports, /proc readings and ending OS processes by pid (never by name).
+
+  @doc """
+  A loopback port free for both TCP and UDP right now, never handed out twice in this VM, and
+  below the kernel's ephemeral range, so an outgoing connection (the nodes open many) cannot
+  take it between now and the moment a node or dnsmasq binds it.
+  """
+  def free_port(tries \\ 500) do
+    {low, high} = candidate_range()
+    port = low + :rand.uniform(high - low + 1) - 1
+
+    cond do
+      tries == 0 -> raise "no free port in #{low}..#{high}"
+      :ets.member(handed_out(), port) -> free_port(tries - 1)
+      bindable?(port) and :ets.insert_new(handed_out(), {port}) -> port
+      true -> free_port(tries - 1)
+    end
+  end
+
+  defp bindable?(port) do
+    with {:ok, tcp} <- :gen_tcp.listen(port, ip: {127, 0, 0, 1}),
+         :ok <- :gen_tcp.close(tcp),
+         {:ok, udp} <- :gen_udp.open(port, ip: {127, 0, 0, 1}) do
+      :gen_udp.close(udp)
+      true
+    else
+      _ -> false
+    end
+  end
+
+  defp candidate_range do
+    ephemeral_low =
+      with {:ok, text} <- File.read("/proc/sys/net/ipv4/ip_local_port_range"),
+           [low | _] <- String.split(text) do
+        String.to_integer(low)
+      else
+        _ -> 32_768
+      end
+
+    if ephemeral_low > 12_000, do: {10_000, ephemeral_low - 1}, else: {61_000, 65_000}
+  end
+
+  defp handed_out do
+    case :ets.whereis(__MODULE__) do
+      :undefined ->
+        parent = self()
+
+        spawn(fn ->
+          table = :ets.new(__MODULE__, [:named_table, :public, :set])
+          send(parent, {:table, table})
+          Process.sleep(:infinity)
+        end)
+
+        receive do
+          {:table, _} -> __MODULE__
+        after
+          5_000 -> raise "could not create the port table"
+        end
+
+      _ ->
+        __MODULE__
+    end
+  end
+
+  @doc "VmRSS, RssAnon, RssFile (kB) and Threads of an OS process."
+  def status(os_pid) do
+    case File.read("/proc/#{os_pid}/status") do
+      {:ok, text} ->
+        for line <- String.split(text, "\n"),
+            [key, value] <- [String.split(line, ":", parts: 2)],
+            key in ["VmRSS", "RssAnon", "RssFile", "Threads"],
+            into: %{} do
+          {key, value |> String.trim() |> String.split(" ") |> hd() |> String.to_integer()}
+        end
+
+      {:error, _} ->
+        %{}
+    end
+  end
+
+  @doc "Rss and Pss (kB) of the mappings of an OS process whose path contains `part`."
+  def mapping_rss(os_pid, part) do
+    case File.read("/proc/#{os_pid}/smaps") do
+      {:ok, text} ->
+        text
+        |> String.split(~r/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+        |> Enum.filter(fn entry ->
+          entry |> String.split("\n", parts: 2) |> hd() |> String.contains?(part)
+        end)
+        |> Enum.reduce({0, 0}, fn entry, {rss, pss} ->
+          {rss + field(entry, "Rss"), pss + field(entry, "Pss")}
+        end)
+
+      {:error, _} ->
+        {0, 0}
+    end
+  end
+
+  defp field(entry, name) do
+    case Regex.run(~r/\n#{name}:\s+(\d+) kB/, entry) do
+      [_, kb] -> String.to_integer(kb)
+      nil -> 0
+    end
+  end
+
+  @doc "The pids of the direct children of an OS process (e.g. dnsmasq's TCP workers)."
+  def children(os_pid) do
+    for stat <- Path.wildcard("/proc/[0-9]*/stat"),
+        {:ok, text} <- [File.read(stat)],
+        [_, rest] <- [String.split(text, ") ", parts: 2)],
+        [_state, ppid | _] <- [String.split(rest, " ")],
+        ppid == Integer.to_string(os_pid),
+        do: stat |> Path.dirname() |> Path.basename() |> String.to_integer()
+  end
+
+  def alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+      _ -> false
+    end
+  end
+
+  @doc "SIGTERM, then SIGKILL if the process is still there after `grace_ms`."
+  def stop_pid(os_pid, grace_ms \\ 2_000) do
+    signal(os_pid, "TERM")
+
+    unless gone_within?(os_pid, div(grace_ms, 20)) do
+      signal(os_pid, "KILL")
+      gone_within?(os_pid, 100)
+    end
+
+    :ok
+  end
+
+  def signal(os_pid, sig) do
+    System.cmd("kill", ["-#{sig}", Integer.to_string(os_pid)], stderr_to_stdout: true)
+  end
+
+  def gone_within?(os_pid, tries) do
+    cond do
+      not alive?(os_pid) -> true
+      tries <= 0 -> false
+      true -> Process.sleep(20) && gone_within?(os_pid, tries - 1)
+    end
+  end
+
+  @doc """
+  Starts an executable in a process that owns its port and throws its output away (so it
+  never piles up in a caller's mailbox). Returns `{owner_pid, os_pid}`.
+  """
+  def spawn_drained(executable, args, env \\ []) do
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        port =
+          Port.open({:spawn_executable, executable}, [
+            :binary,
+            :exit_status,
+            :stderr_to_stdout,
+            args: args,
+            env: env
+          ])
+
+        {:os_pid, os_pid} = Port.info(port, :os_pid)
+        track(os_pid)
+        send(parent, {self(), os_pid})
+        drain(port)
+      end)
+
+    receive do
+      {^owner, os_pid} -> {owner, os_pid}
+    after
+      10_000 -> raise "could not start #{executable}"
+    end
+  end
+
+  @doc """
+  Appends an OS pid and its start time to `$BENCH_PIDFILE` (set by scripts/bench), whose exit
+  trap ends whatever is still running if this VM dies before cleaning up (and only if the pid
+  still has that start time, so a reused pid is left alone).
+  """
+  def track(os_pid) do
+    with file when is_binary(file) <- System.get_env("BENCH_PIDFILE"),
+         {:ok, stat} <- File.read("/proc/#{os_pid}/stat"),
+         [_, rest] <- String.split(stat, ") ", parts: 2) do
+      # Field 22 of /proc/<pid>/stat (the 20th after the command name): the start time.
+      start = rest |> String.split(" ") |> Enum.at(19)
+      File.write(file, "#{os_pid} #{start}\n", [:append])
+    end
+
+    :ok
+  end
+
+  defp drain(port) do
+    receive do
+      {^port, {:exit_status, _}} -> :ok
+      {^port, _data} -> drain(port)
+      _other -> drain(port)
+    end
+  end
+
+  def tmp_dir(tag) do
+    dir =
+      Path.join(
+        System.tmp_dir!(),
+        "dynamic_srv_bench_#{tag}_#{:os.getpid()}_#{System.unique_integer([:positive])}"
+      )
+
+    File.rm_rf!(dir)
+    File.mkdir_p!(dir)
+    dir
+  end
+end

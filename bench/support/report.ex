@@ -1,0 +1,125 @@
+defmodule DynamicSrv.Bench.Report do
+  @moduledoc false
+  # Renders the results as Markdown (printed, and written between the markers of
+  # BENCHMARKS.md).
+
+  @begin "<!-- bench:results:begin (written by ./scripts/bench; edits here are overwritten) -->"
+  @finish "<!-- bench:results:end -->"
+
+  def markers, do: {@begin, @finish}
+
+  def render(sections, info) do
+    goals = Enum.flat_map(sections, & &1.goals)
+
+    [
+      "## Results\n\n",
+      "Run #{info.started} on #{info.machine}; #{info.software}. ",
+      "Load average #{info.load_before} before and #{info.load_after} after the run; the machine ",
+      "also ran other work at times, so compare figures within a row (same run, arms interleaved) ",
+      "rather than across runs. Run time #{info.elapsed}.#{info.extra}\n\n",
+      "### Goals\n\n",
+      table(
+        ["Goal", "Measured", "Met"],
+        Enum.map(goals, fn {goal, value, met} ->
+          [goal, value, if(met, do: "yes", else: "**no**")]
+        end)
+      ),
+      Enum.map(sections, &section/1)
+    ]
+    |> IO.iodata_to_binary()
+  end
+
+  defp section(%{failed: reason, title: title}) do
+    "\n### #{title}\n\n**Failed in this run:** #{reason}\n"
+  end
+
+  defp section(s) do
+    notes = Enum.map(s.notes, &["\n", &1, "\n"])
+    ["\n### ", s.title, "\n\n", table(s.columns, s.rows), notes]
+  end
+
+  def table(columns, rows) do
+    header = ["| ", Enum.join(columns, " | "), " |\n"]
+    align = ["|", Enum.map_join(columns, "|", fn _ -> "---" end), "|\n"]
+    body = Enum.map(rows, fn row -> ["| ", Enum.join(row, " | "), " |\n"] end)
+    [header, align, body]
+  end
+
+  @doc "Replaces the text between the markers of `path` (appends the markers if missing)."
+  def write(path, results) do
+    text = if File.exists?(path), do: File.read!(path), else: "# Benchmarks\n"
+    block = [@begin, "\n", results, "\n", @finish] |> IO.iodata_to_binary()
+
+    new =
+      case String.split(text, @begin, parts: 2) do
+        [before, rest] ->
+          case String.split(rest, @finish, parts: 2) do
+            [_old, tail] -> before <> block <> tail
+            [_] -> before <> block <> "\n"
+          end
+
+        [_] ->
+          String.trim_trailing(text) <> "\n\n" <> block <> "\n"
+      end
+
+    File.write!(path, new)
+  end
+
+  def machine do
+    cpu =
+      case File.read("/proc/cpuinfo") do
+        {:ok, text} ->
+          case Regex.run(~r/model name\s*:\s*(.+)/, text) do
+            [_, model] -> String.trim(model)
+            _ -> "unknown CPU"
+          end
+
+        _ ->
+          "unknown CPU"
+      end
+
+    mem =
+      case File.read("/proc/meminfo") do
+        {:ok, text} ->
+          case Regex.run(~r/MemTotal:\s+(\d+) kB/, text) do
+            [_, kb] -> "#{div(String.to_integer(kb), 1024 * 1024)} GB RAM"
+            _ -> ""
+          end
+
+        _ ->
+          ""
+      end
+
+    {kernel, 0} = System.cmd("uname", ["-sr"])
+    "#{cpu}, #{System.schedulers_online()} cores, #{mem}, #{String.trim(kernel)}"
+  end
+
+  def software do
+    otp = :erlang.system_info(:otp_release)
+    erts = :erlang.system_info(:version)
+    rust = version("rustc", ["--version"])
+    dnsmasq = version("/usr/sbin/dnsmasq", ["--version"])
+
+    "Erlang/OTP #{otp} (erts #{erts}), Elixir #{System.version()}, #{rust}, #{dnsmasq}"
+  end
+
+  defp version(cmd, args) do
+    exe = System.find_executable(cmd) || (File.exists?(cmd) && cmd)
+
+    if exe do
+      case System.cmd(exe, args, stderr_to_stdout: true) do
+        {out, 0} -> out |> String.split("\n") |> hd() |> String.trim()
+        _ -> cmd
+      end
+    else
+      "#{cmd} (not found)"
+    end
+  end
+
+  def loadavg do
+    case File.read("/proc/loadavg") do
+      {:ok, text} -> text |> String.split(" ") |> Enum.take(3) |> Enum.join(" ")
+      _ -> "?"
+    end
+  end
+end

@@ -1,0 +1,223 @@
+defmodule DynamicSrv.Bench.Agent do
+  @moduledoc false
+  # Benchmarks only (./scripts/bench). Runs inside every node the benchmark boots, like
+  # DynamicSrv.Test.NodeAgent: one request per stdin line (base64 of term_to_binary of
+  # {mod, fun, args}), one "BENCH_REPLY <base64>" line per answer. Stdin closing halts the node.
+  #
+  # Timestamps are System.os_time(:microsecond): every node runs on the same machine, so
+  # they compare across OS processes (monotonic time does not).
+
+  @reply "BENCH_REPLY "
+  @mesh {__MODULE__, :mesh}
+  @long {__MODULE__, :long_schedule}
+
+  def main do
+    {:ok, _} = Application.ensure_all_started(:elixir)
+    {:ok, _} = Application.ensure_all_started(:logger)
+    Logger.configure(level: :error)
+    IO.puts("BENCH_READY #{node()}")
+    loop()
+  end
+
+  defp loop do
+    case IO.gets("") do
+      line when is_binary(line) ->
+        {m, f, a} = line |> String.trim() |> Base.decode64!() |> :erlang.binary_to_term()
+
+        result =
+          try do
+            {:ok, apply(m, f, a)}
+          catch
+            kind, reason -> {:raise, kind, reason}
+          end
+
+        IO.puts(@reply <> Base.encode64(:erlang.term_to_binary(result)))
+        loop()
+
+      _eof_or_error ->
+        System.halt(0)
+    end
+  end
+
+  @doc """
+  Starts the membership poller of `arm` at wall-clock time `at_us` (os_time, µs), in a process
+  of its own so the agent keeps answering. `arm` is `:ours` (DynamicSrv.Cluster) or
+  `:classic` (DynamicSrv.Bench.ClassicPoller).
+  """
+  def start_poller_at(arm, at_us, opts) do
+    owner =
+      spawn(fn ->
+        wait_until(at_us)
+
+        {:ok, _pid} =
+          case arm do
+            :ours -> DynamicSrv.Cluster.start_link(opts)
+            :classic -> DynamicSrv.Bench.ClassicPoller.start_link(opts)
+          end
+
+        receive do
+          :stop -> :ok
+        end
+      end)
+
+    :persistent_term.put({__MODULE__, :poller_owner}, owner)
+    :ok
+  end
+
+  @doc """
+  Watches connections until every node of `expected` is connected; `mesh_time/0` then gives
+  the os_time (µs) at which that first happened.
+  """
+  def watch_mesh(expected) do
+    :persistent_term.put(@mesh, nil)
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ok = :net_kernel.monitor_nodes(true)
+        send(parent, {:watching, self()})
+        await_mesh(MapSet.new(expected) |> MapSet.delete(node()))
+      end)
+
+    receive do
+      {:watching, ^pid} -> :ok
+    after
+      5_000 -> :error
+    end
+  end
+
+  defp await_mesh(expected) do
+    if MapSet.subset?(expected, MapSet.new(Node.list())) do
+      :persistent_term.put(@mesh, System.os_time(:microsecond))
+      :net_kernel.monitor_nodes(false)
+    else
+      receive do
+        {:nodeup, _} -> await_mesh(expected)
+        {:nodedown, _} -> await_mesh(expected)
+      after
+        50 -> await_mesh(expected)
+      end
+    end
+  end
+
+  def mesh_time, do: :persistent_term.get(@mesh, nil)
+
+  @doc "Counts long_schedule events (>= `ms`) on this node until `long_schedule_report/0`."
+  def monitor_long_schedule(ms) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :erlang.system_monitor(self(), [{:long_schedule, ms}])
+        send(parent, {:monitoring, self()})
+        empty = %{count: 0, max_ms: 0, sample: []}
+        collect_long(empty, empty)
+      end)
+
+    receive do
+      {:monitoring, ^pid} -> :persistent_term.put(@long, pid)
+    after
+      5_000 -> :error
+    end
+  end
+
+  # Keeps the count and maximum of all events, and separately those whose process was in
+  # lookup code when scheduled in or out: DynamicSrv modules (epmd module, poller, NIF boundary;
+  # for the classic arm DynamicSrv.Bench.Classic*) or OTP's resolver (:inet_res, :inet_db).
+  defp collect_long(all, lookup) do
+    receive do
+      {:monitor, _pid_or_port, :long_schedule, info} ->
+        time = Keyword.get(info, :timeout, 0)
+        where = {Keyword.get(info, :in), Keyword.get(info, :out)}
+        all = add_event(all, time, where)
+        lookup = if lookup_code?(where), do: add_event(lookup, time, where), else: lookup
+        collect_long(all, lookup)
+
+      {:report, from} ->
+        send(from, {:long_schedule, %{all: all, lookup_code: lookup}})
+        collect_long(all, lookup)
+
+      :stop ->
+        :erlang.system_monitor(:undefined)
+    end
+  end
+
+  defp add_event(%{count: count, max_ms: max, sample: sample}, time, where),
+    do: %{
+      count: count + 1,
+      max_ms: Kernel.max(max, time),
+      sample: Enum.take([{time, where} | sample], 5)
+    }
+
+  defp lookup_code?({from, to}), do: lookup_mfa?(from) or lookup_mfa?(to)
+
+  defp lookup_mfa?({module, _f, _a}) when module in [:inet_res, :inet_db], do: true
+
+  defp lookup_mfa?({module, _f, _a}) when is_atom(module) do
+    name = Atom.to_string(module)
+    String.starts_with?(name, "Elixir.DynamicSrv.") and module != __MODULE__
+  end
+
+  defp lookup_mfa?(_), do: false
+
+  @doc "Stops monitoring (system_monitor is per VM: one monitor at a time)."
+  def stop_long_schedule do
+    case :persistent_term.get(@long, nil) do
+      nil ->
+        :ok
+
+      pid ->
+        :persistent_term.erase(@long)
+        ref = Process.monitor(pid)
+        send(pid, :stop)
+
+        receive do
+          {:DOWN, ^ref, _, _, _} -> :ok
+        after
+          5_000 -> :ok
+        end
+    end
+  end
+
+  def long_schedule_report do
+    case :persistent_term.get(@long, nil) do
+      nil ->
+        nil
+
+      pid ->
+        send(pid, {:report, self()})
+
+        receive do
+          {:long_schedule, report} -> report
+        after
+          5_000 -> nil
+        end
+    end
+  end
+
+  @doc "Connects to nodes one by one with Node.connect/1; returns the results."
+  def connect_all(nodes), do: for(n <- nodes, n != node(), do: {n, Node.connect(n)})
+
+  @doc "VmRSS (kB), RssAnon (kB) and Threads of this OS process, from /proc/self/status."
+  def footprint do
+    :erlang.garbage_collect()
+
+    for line <- String.split(File.read!("/proc/self/status"), "\n"),
+        [key, value] <- [String.split(line, ":", parts: 2)],
+        key in ["VmRSS", "RssAnon", "RssFile", "Threads"],
+        into: %{} do
+      {key, value |> String.trim() |> String.split(" ") |> hd() |> String.to_integer()}
+    end
+  end
+
+  defp wait_until(at_us) do
+    left_ms = div(at_us - System.os_time(:microsecond), 1000)
+    if left_ms > 0, do: Process.sleep(left_ms)
+    spin_until(at_us)
+  end
+
+  # The last millisecond, so every node starts within a few µs of the same instant.
+  defp spin_until(at_us) do
+    if System.os_time(:microsecond) < at_us, do: spin_until(at_us), else: :ok
+  end
+end
