@@ -13,7 +13,7 @@ defmodule DynamicSrv.Bench.Peer do
   defstruct [:name, :arm, :os_pid, :owner, :dist_port]
 
   @cookie "dynamic_srv_bench"
-  @reply "BENCH_REPLY "
+  @reply "REPLY "
 
   @doc """
   Boots nodes in parallel. Each spec is `{name, arm, dist_port}`; every node resolves
@@ -98,7 +98,7 @@ defmodule DynamicSrv.Bench.Peer do
   # The owner process: waits for READY, then serves calls one at a time.
   defp boot(port, parent, output) do
     receive do
-      {^port, {:data, {:eol, "BENCH_READY " <> _}}} ->
+      {^port, {:data, {:eol, "READY " <> _}}} ->
         send(parent, {self(), :ready})
         serve(port)
 

@@ -1,13 +1,12 @@
 defmodule DynamicSrv.Bench.Agent do
   @moduledoc false
   # Benchmarks only (./scripts/bench). Runs inside every node the benchmark boots, like
-  # DynamicSrv.Test.NodeAgent: one request per stdin line (base64 of term_to_binary of
-  # {mod, fun, args}), one "BENCH_REPLY <base64>" line per answer. Stdin closing halts the node.
+  # DynamicSrv.Test.NodeAgent, whose request loop it runs: one request per stdin line (base64
+  # of term_to_binary of {mod, fun, args}), one "REPLY <base64>" line per answer.
   #
   # Timestamps are System.os_time(:microsecond): every node runs on the same machine, so
   # they compare across OS processes (monotonic time does not).
 
-  @reply "BENCH_REPLY "
   @mesh {__MODULE__, :mesh}
   @long {__MODULE__, :long_schedule}
 
@@ -15,28 +14,7 @@ defmodule DynamicSrv.Bench.Agent do
     {:ok, _} = Application.ensure_all_started(:elixir)
     {:ok, _} = Application.ensure_all_started(:logger)
     Logger.configure(level: :error)
-    IO.puts("BENCH_READY #{node()}")
-    loop()
-  end
-
-  defp loop do
-    case IO.gets("") do
-      line when is_binary(line) ->
-        {m, f, a} = line |> String.trim() |> Base.decode64!() |> :erlang.binary_to_term()
-
-        result =
-          try do
-            {:ok, apply(m, f, a)}
-          catch
-            kind, reason -> {:raise, kind, reason}
-          end
-
-        IO.puts(@reply <> Base.encode64(:erlang.term_to_binary(result)))
-        loop()
-
-      _eof_or_error ->
-        System.halt(0)
-    end
+    DynamicSrv.Test.NodeAgent.serve()
   end
 
   @doc """

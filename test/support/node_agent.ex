@@ -9,6 +9,11 @@ defmodule DynamicSrv.Test.NodeAgent do
 
   def main do
     {:ok, _} = Application.ensure_all_started(:elixir)
+    serve()
+  end
+
+  @doc "Announces the node and answers requests until stdin closes (also used by the bench agent)."
+  def serve do
     IO.puts("READY #{node()}")
     loop()
   end
