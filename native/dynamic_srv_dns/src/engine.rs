@@ -27,7 +27,9 @@ pub struct Engine {
     config: Config,
     dns: Dns,
     cache: Arc<Cache>,
-    local: RwLock<Option<NodeName>>,
+    /// When this node is a release helper, the node it serves; set once at listen time so
+    /// the cache-hit path only compares names.
+    served_by_helper: RwLock<Option<NodeName>>,
 }
 
 impl Engine {
@@ -41,7 +43,7 @@ impl Engine {
             config,
             dns,
             cache,
-            local: RwLock::new(None),
+            served_by_helper: RwLock::new(None),
         })
     }
 
@@ -58,7 +60,7 @@ impl Engine {
     }
 
     /// The port this node listens on; 0 (any free port) for release helper nodes, which must
-    /// not take the port of the node they serve. Remembers the name for later lookups.
+    /// not take the port of the node they serve. For a helper, remembers which node it serves.
     pub fn listen_port(&self, node: &str) -> Result<u16, NameError> {
         let node = NodeName::parse(node)?;
         let port = if node.is_helper() {
@@ -69,7 +71,10 @@ impl Engine {
                 PortMode::Srv | PortMode::Static => self.config.dist_port.unwrap_or(0),
             }
         };
-        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
+        *self
+            .served_by_helper
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = node.helper_target();
         Ok(port)
     }
 
@@ -189,11 +194,14 @@ impl Engine {
     }
 
     fn serves_local_helper(&self, node: &NodeName) -> bool {
-        let local = self.local.read().unwrap_or_else(|p| p.into_inner());
-        local
-            .as_ref()
-            .and_then(NodeName::helper_target)
-            .is_some_and(|served| served.key() == node.key())
+        let served = self
+            .served_by_helper
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        served.as_ref().is_some_and(|served| {
+            served.name.eq_ignore_ascii_case(&node.name)
+                && served.host.eq_ignore_ascii_case(&node.host)
+        })
     }
 
     async fn srv_endpoint(

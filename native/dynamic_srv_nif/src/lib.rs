@@ -72,10 +72,8 @@ fn configure(env: Env<'_>, vars: HashMap<String, String>) -> Term<'_> {
         let engine = Engine::new(config, shared_cache()).map_err(|e| e.to_string())?;
         Ok(ResourceArc::new(EngineResource(Arc::new(engine))))
     };
-    match build() {
-        Ok(engine) => (atoms::ok(), engine).encode(env),
-        Err(message) => (atoms::error(), message).encode(env),
-    }
+    // rustler encodes a Result as {:ok, value} | {:error, message}.
+    build().encode(env)
 }
 
 #[rustler::nif]
@@ -208,10 +206,7 @@ fn topology_new<'a>(
         let topology = Topology::new(topology_config, Arc::new(engine))?;
         Ok(ResourceArc::new(TopologyResource(Arc::new(topology))))
     };
-    Ok(match build() {
-        Ok(topology) => (atoms::ok(), topology).encode(env),
-        Err(message) => (atoms::error(), message).encode(env),
-    })
+    Ok(build().encode(env))
 }
 
 /// Polls DNS off-scheduler; `pid` later receives `{tag, poll}` (see `encode_poll`).
