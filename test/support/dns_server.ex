@@ -3,7 +3,7 @@ defmodule DynamicSrv.Test.DnsServer do
   # A real dnsmasq on a free loopback port, serving the records a test gives it, logging
   # every query. Stopped by its OS pid; the port owner (the test process) dying stops it too.
 
-  defstruct [:port, :os_pid, :owner_port, :dir, :records]
+  defstruct [:port, :os_pid, :owner_port, :dir, :records, listen_address: "127.0.0.1"]
 
   @dnsmasq "/usr/sbin/dnsmasq"
 
@@ -11,7 +11,9 @@ defmodule DynamicSrv.Test.DnsServer do
   Records: `{:srv, name, target, port}`, `{:srv, name, target, port, priority, weight}`,
   `{:a, name, ip_string}` (IPv4 or IPv6).
 
-  Options: `:port`, `:extra` (more dnsmasq arguments), `:tcp_workers` (default `false`).
+  Options: `:port`, `:extra` (more dnsmasq arguments), `:tcp_workers` (default `false`),
+  `:listen_address` (default `"127.0.0.1"`, e.g. `"::1"`), `:netns` (run inside a network
+  namespace made by `DynamicSrv.Test.Netns`).
   By default dnsmasq runs with `--no-daemon`, which also makes it serve TCP inline in its one
   process: a client that keeps its TCP connection open (hickory reuses connections) then
   starves every other client, UDP included. `tcp_workers: true` runs it with
@@ -42,7 +44,7 @@ defmodule DynamicSrv.Test.DnsServer do
           else: "--no-daemon"
         ),
         "--port=#{port}",
-        "--listen-address=127.0.0.1",
+        "--listen-address=#{Keyword.get(opts, :listen_address, "127.0.0.1")}",
         "--bind-interfaces",
         "--no-resolv",
         "--no-hosts",
@@ -54,8 +56,10 @@ defmodule DynamicSrv.Test.DnsServer do
         Enum.map(Keyword.get(opts, :extra, []), & &1) ++
         Enum.map(records, &record_arg/1)
 
+    {executable, args} = DynamicSrv.Test.Netns.wrap(Keyword.get(opts, :netns), @dnsmasq, args)
+
     owner =
-      Port.open({:spawn_executable, @dnsmasq}, [
+      Port.open({:spawn_executable, executable}, [
         :binary,
         :exit_status,
         :stderr_to_stdout,
@@ -69,7 +73,8 @@ defmodule DynamicSrv.Test.DnsServer do
       os_pid: os_pid,
       owner_port: owner,
       dir: dir,
-      records: records
+      records: records,
+      listen_address: Keyword.get(opts, :listen_address, "127.0.0.1")
     }
 
     wait_until_answering!(server)
@@ -144,7 +149,10 @@ defmodule DynamicSrv.Test.DnsServer do
     :ok
   end
 
-  def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
+  @doc "The server as a `DYNAMIC_SRV_NAMESERVERS` entry, e.g. `127.0.0.1:5353` or `[::1]:5353`."
+  def nameserver(%__MODULE__{port: port, listen_address: address}) do
+    if String.contains?(address, ":"), do: "[#{address}]:#{port}", else: "#{address}:#{port}"
+  end
 
   @doc "The query lines dnsmasq logged, e.g. `query[SRV] n1.dyn.test from 127.0.0.1`."
   def queries(%__MODULE__{dir: dir}) do

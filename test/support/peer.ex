@@ -10,7 +10,8 @@ defmodule DynamicSrv.Test.Peer do
   @doc """
   Starts a node named `name` (e.g. `"n1@dyn.test"`) with the given environment. Every node
   gets `ERL_EPMD_PORT` pointing at a port where nothing listens, so any use of epmd fails.
-  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default).
+  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default), `:netns` (run the
+  node inside a network namespace made by `DynamicSrv.Test.Netns`).
   """
   def start!(name, env, opts \\ []) do
     case start(name, env, opts) do
@@ -39,8 +40,10 @@ defmodule DynamicSrv.Test.Peer do
         Keyword.get(opts, :erl_args, []) ++
         ["-s", "Elixir.DynamicSrv.Test.NodeAgent", "main"]
 
+    {executable, args} = DynamicSrv.Test.Netns.wrap(Keyword.get(opts, :netns), erl, args)
+
     port =
-      Port.open({:spawn_executable, erl}, [
+      Port.open({:spawn_executable, executable}, [
         :binary,
         :exit_status,
         :stderr_to_stdout,
