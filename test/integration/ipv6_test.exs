@@ -88,10 +88,10 @@ defmodule DynamicSrv.Integration.Ipv6Test do
   defp connection_addresses(peer) do
     {:ok, infos} = Peer.call(peer, :net_kernel, :nodes_info, [])
 
-    Map.new(infos, fn {node, info} ->
+    for {node, info} <- infos, info[:state] == :up, into: %{} do
       {:net_address, {ip, _port}, _host, protocol, family} = Keyword.fetch!(info, :address)
       {node, {family, protocol, ip}}
-    end)
+    end
   end
 
   # Over TCP the distribution controller is the socket itself: ask it for both ends.
