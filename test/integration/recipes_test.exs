@@ -58,12 +58,18 @@ defmodule DynamicSrv.Integration.RecipesTest do
   # RELEASE_NODE as the recipe's env.sh.eex sets it, run by sh with `env` and, when given, a
   # `hostname` command printing `hostname_i` (what `hostname -i` prints in the container).
   defp release_node_from_env_sh(file, env, hostname_i \\ nil) do
-    bin = Path.join(System.tmp_dir!(), "recipes_bin_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(bin)
-    File.write!(Path.join(bin, "hostname"), "#!/bin/sh\necho '#{hostname_i}'\n")
-    File.chmod!(Path.join(bin, "hostname"), 0o755)
     script = ". #{Path.join(@examples, file)}; printf %s \"$RELEASE_NODE\""
-    path = if hostname_i, do: bin <> ":" <> System.get_env("PATH"), else: System.get_env("PATH")
+    bin = Path.join(System.tmp_dir!(), "recipes_bin_#{System.unique_integer([:positive])}")
+
+    path =
+      if hostname_i do
+        File.mkdir_p!(bin)
+        File.write!(Path.join(bin, "hostname"), "#!/bin/sh\necho '#{hostname_i}'\n")
+        File.chmod!(Path.join(bin, "hostname"), 0o755)
+        bin <> ":" <> System.get_env("PATH")
+      else
+        System.get_env("PATH")
+      end
 
     {node, 0} = System.cmd("sh", ["-c", script], env: [{"PATH", path} | Map.to_list(env)])
     File.rm_rf!(bin)
@@ -332,6 +338,87 @@ defmodule DynamicSrv.Integration.RecipesTest do
       queries = report("docker compose", peers, ms, dns)
       assert Enum.any?(queries, &(&1 =~ ~r/^query\[A\] app /))
       refute Enum.any?(queries, &String.starts_with?(&1, "query[SRV]"))
+    end
+  end
+
+  describe "Fly.io (examples/fly)" do
+    # Fly's private network is IPv6 only: several IPv6 addresses need a namespace of our own.
+    setup do
+      unless Netns.available?(),
+        do: flunk("the Fly.io recipe test needs root and iproute2 for a network namespace")
+
+      ns = Netns.create!()
+      on_exit(fn -> Netns.destroy(ns) end)
+      %{ns: ns}
+    end
+
+    test "machines cluster from AAAA-only answers on <app>.internal over IPv6", %{ns: ns} do
+      config = strategy_config("fly")
+      assert config[:service] == "my-app.internal"
+      assert config[:ip_family] == :inet6
+
+      env = fly_env("fly/fly.toml")
+      # Fly's DNS server, at the address and port the recipe names.
+      assert env["DYNAMIC_SRV_NAMESERVERS"] == "[fdaa::3]:53"
+      Netns.add_address!(ns, "fdaa::3/128")
+      ips = for i <- 2..4, do: "fdaa:0:1::#{i}"
+      for ip <- ips, do: Netns.add_address!(ns, ip <> "/128")
+
+      # AAAA records only; A queries get NODATA (no error, no records), as from Fly's DNS.
+      dns =
+        start_dns!(for(ip <- ips, do: {:a, "my-app.internal", ip}),
+          netns: ns,
+          listen_address: "fdaa::3",
+          port: 53,
+          extra: ["--local=/internal/"]
+        )
+
+      assert DnsServer.nameserver(dns) == env["DYNAMIC_SRV_NAMESERVERS"]
+
+      {nil, flags, node_env} = boot_spec(env)
+      assert flags == ["-proto_dist", "inet6_tcp"]
+      # The recipe's environment unchanged: port 4370 is free inside the namespace.
+      assert node_env["DYNAMIC_SRV_PORT_MODE"] == "static"
+      assert node_env["ERL_DIST_PORT"] == "4370"
+
+      nodes =
+        for ip <- ips do
+          name = release_node_from_env_sh("fly/env.sh.eex", %{"FLY_PRIVATE_IP" => ip})
+          assert name == "app@" <> ip
+          {name, ip, node_env}
+        end
+
+      peers = boot!(nodes, flags, netns: ns)
+
+      for peer <- peers do
+        assert Peer.call(peer, :init, :get_argument, [:proto_dist]) == {:ok, [[~c"inet6_tcp"]]}
+      end
+
+      ms = form_cluster!(peers, config)
+      queries = report("Fly.io (IPv6)", peers, ms, dns)
+
+      # The A/AAAA polling mode asked for AAAA records only: no A query was made, so no
+      # A answer (or the lack of one) was ever used.
+      assert Enum.any?(queries, &(&1 =~ ~r/^query\[AAAA\] my-app\.internal /))
+      refute Enum.any?(queries, &String.starts_with?(&1, "query[A]")), inspect(queries)
+      refute Enum.any?(queries, &String.starts_with?(&1, "query[SRV]"))
+
+      # The shape really is AAAA-only: asked afterwards, A finds nothing, AAAA every machine.
+      fly_dns = [nameservers: [{{0xFDAA, 0, 0, 0, 0, 0, 0, 3}, 53}]]
+
+      lookup = fn type ->
+        Peer.call(hd(peers), :inet_res, :lookup, [~c"my-app.internal", :in, type, fly_dns])
+      end
+
+      assert lookup.(:a) == []
+      assert Enum.sort(Enum.map(lookup.(:aaaa), &to_string(:inet.ntoa(&1)))) == ips
+
+      # Every connection runs over IPv6, on the machines' private addresses.
+      for peer <- peers, other <- peers, other != peer do
+        {:ok, info} = Peer.call(peer, :net_kernel, :node_info, [other.name])
+        assert {:net_address, {address, _port}, _, :tcp, :inet6} = info[:address]
+        assert to_string(:inet.ntoa(address)) in ips
+      end
     end
   end
 end
