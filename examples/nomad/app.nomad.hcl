@@ -1,23 +1,29 @@
 # A Mix release clustered through Consul DNS on Nomad's dynamic ports, without epmd.
-# The release depends on :libcluster_dynamic_srv and starts
-#   {DynamicSrv.Cluster, service: "my-app.service.consul"}
-# (or the libcluster topology from the README).
+#
+# Each node is named app-<its port>@<its IP>: Consul's SRV answer for my-app.service.consul
+# gives every instance's port and (in the additional section) its address, whatever it
+# calls the target (<hex-ip>.addr.dc1.consul since Consul 1.7, <node>.node.dc1.consul for a
+# service registered without an address, or the host name you registered), so the strategy
+# names each peer from that answer, and the epmd module reaches app-23456@10.0.0.4 at
+# 10.0.0.4:23456 with no DNS query at all (DYNAMIC_SRV_PORT_MODE=name).
+#
+# The release starts the topology in runtime.exs next to this file:
+#   service: "my-app.service.consul", node_naming: {:basename_port_ip, "app"}
+# Tested by test/integration/recipes_test.exs ("Consul + Nomad").
 job "my-app" {
   group "app" {
     count = 3
 
     network {
-      port "dist" {}            # dynamic: Nomad picks it, we read it from NOMAD_PORT_dist
+      port "dist" {}            # dynamic: Nomad picks it; NOMAD_PORT_dist / NOMAD_IP_dist
       port "http" { to = 4000 }
     }
 
-    # Each allocation registers its distribution port under its own tag, so Consul answers
-    # SRV <alloc id>.my-app.service.consul with this node's address and port, and
-    # SRV my-app.service.consul with every node.
+    # The distribution port in Consul. Only instances passing the check are in the SRV
+    # answer; the strategy disconnects an instance once it is missing from two answers.
     service {
       name = "my-app"
       port = "dist"
-      tags = ["${NOMAD_ALLOC_ID}"]
 
       check {
         type     = "tcp"
@@ -32,6 +38,9 @@ job "my-app" {
 
       config {
         image        = "my-app:latest"
+        # The node listens on NOMAD_PORT_dist and is reached at NOMAD_IP_dist on that port:
+        # host networking makes the two the same (with bridge networking, keep the host
+        # port and the container port equal: no `to` on the "dist" port).
         network_mode = "host"
         ports        = ["dist", "http"]
       }
@@ -39,8 +48,9 @@ job "my-app" {
       env {
         ELIXIR_ERL_OPTIONS      = "-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd"
         RELEASE_DISTRIBUTION    = "name"
-        RELEASE_NODE            = "${NOMAD_ALLOC_ID}@my-app.service.consul"
-        ERL_DIST_PORT           = "${NOMAD_PORT_dist}"
+        RELEASE_NODE            = "app-${NOMAD_PORT_dist}@${NOMAD_IP_dist}"
+        # Peers' ports are the digits of their names; this node listens on its own.
+        DYNAMIC_SRV_PORT_MODE   = "name"
         # The Consul agent on the host (host networking); use the agent's address otherwise.
         DYNAMIC_SRV_NAMESERVERS = "127.0.0.1:8600"
       }

@@ -19,10 +19,15 @@ defmodule DynamicSrv.Cluster do
         `my-app.service.consul` is `:"node-a@my-app.service.consul"`;
       * `{:basename_port, "app"}`: `app-PORT@target`, the SRV port (Caravan's convention;
         pairs with `DYNAMIC_SRV_PORT_MODE=name`);
+      * `{:basename_port_ip, "app"}`: `app-PORT@IP`, the SRV port and the target's address
+        (from the same answer, else an A/AAAA query), whatever the target is called: the
+        convention for Consul, whose targets are `<hex-ip>.addr.<dc>.consul` or
+        `<node>.node.<dc>.consul` (pairs with `DYNAMIC_SRV_PORT_MODE=name`);
       * `{:basename, "app"}`: `app@target`;
       * `{:basename_ip, "app"}`: query `:service` for A (or AAAA) records instead and connect
         to `app@IP`, as libcluster's DNSPoll and dns_cluster do.
-    * `:ip_family` — `:inet` (default) or `:inet6`: which records `{:basename_ip, _}` asks for.
+    * `:ip_family` — `:inet` (default) or `:inet6`: which records `{:basename_ip, _}` asks for,
+      and which address of a target `{:basename_port_ip, _}` uses.
     * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else
       `/etc/resolv.conf`.
     * `:max_nodes` — at most this many members, default `1024`; more names are ignored with

@@ -194,6 +194,12 @@ defmodule DynamicSrv.ClusterTest do
 
     pid = start_cluster(resolver, node_naming: {:basename, "app"})
     assert Cluster.members(pid) == [:"app@10-0-0-4.node.dc1.consul"]
+    stop_supervised!({Cluster, @service})
+
+    # The address comes from the DNS answer; a resolver's IP-literal target is its own.
+    {resolver, _} = answer_with([{1, 1, 4370, ~c"10.0.0.4"}, {1, 1, 4371, target}])
+    pid = start_cluster(resolver, node_naming: {:basename_port_ip, "app"})
+    assert Cluster.members(pid) == [:"app-4370@10.0.0.4"]
   end
 
   test "hostile targets are ignored and new atoms are bounded by max_node_atoms" do

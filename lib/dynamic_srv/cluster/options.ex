@@ -2,7 +2,7 @@ defmodule DynamicSrv.Cluster.Options do
   @moduledoc false
   # Validates the keyword config shared by DynamicSrv.Cluster and Cluster.Strategy.DynamicSrv.
 
-  @naming_help "expected :service_prefix, {:basename_port, \"app\"}, {:basename, \"app\"} or {:basename_ip, \"app\"}"
+  @naming_help "expected :service_prefix, {:basename_port, \"app\"}, {:basename_port_ip, \"app\"}, {:basename, \"app\"} or {:basename_ip, \"app\"}"
   @known [
     :service,
     :polling_interval,
@@ -88,8 +88,9 @@ defmodule DynamicSrv.Cluster.Options do
 
   defp naming?(:service_prefix), do: true
 
-  defp naming?({kind, base}) when kind in [:basename_port, :basename, :basename_ip],
-    do: is_binary(base) and base != ""
+  defp naming?({kind, base})
+       when kind in [:basename_port, :basename_port_ip, :basename, :basename_ip],
+       do: is_binary(base) and base != ""
 
   defp naming?(_), do: false
 end

@@ -16,6 +16,12 @@ pub enum NodeNaming {
     BasenamePort(String),
     /// `basename@target`.
     Basename(String),
+    /// `basename-PORT@IP`: the SRV port, and the address of the target (from the answer's
+    /// additional section, else an A/AAAA query). Whatever name DNS gives the target (Consul's
+    /// `<hex-ip>.addr.<dc>.consul`, `<node>.node.<dc>.consul` or a registered host name), the
+    /// node can name itself from what its scheduler tells it, e.g.
+    /// `app-${NOMAD_PORT_dist}@${NOMAD_IP_dist}`.
+    BasenamePortIp(String),
     /// Query the service for A/AAAA records and name nodes `basename@ip`, as libcluster's
     /// DNSPoll, dns_cluster and Peerage do.
     BasenameIp(String),
@@ -30,6 +36,11 @@ pub enum Unmapped {
     InvalidTarget { target: String, why: String },
     #[error("node name {node:?} is not usable: {why}")]
     InvalidNodeName { node: String, why: &'static str },
+    #[error("target {target:?} has no {family} address")]
+    NoAddress {
+        target: String,
+        family: &'static str,
+    },
 }
 
 impl NodeNaming {
@@ -41,7 +52,10 @@ impl NodeNaming {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Self::ServicePrefix => Ok(()),
-            Self::BasenamePort(base) | Self::Basename(base) | Self::BasenameIp(base) => {
+            Self::BasenamePort(base)
+            | Self::Basename(base)
+            | Self::BasenameIp(base)
+            | Self::BasenamePortIp(base) => {
                 if !base.is_empty() && base.bytes().all(is_name_byte) {
                     Ok(())
                 } else {
@@ -53,6 +67,42 @@ impl NodeNaming {
         }
     }
 
+    /// Whether the node name holds the target's address, which must then be known.
+    pub fn needs_target_address(&self) -> bool {
+        matches!(self, Self::BasenamePortIp(_))
+    }
+
+    /// The node an SRV record stands for; `address` is the target's address, when known
+    /// (only `BasenamePortIp` needs it; an IP-literal target is its own address).
+    pub fn node_for_record(
+        &self,
+        service: &str,
+        target: &str,
+        port: u16,
+        address: Option<IpAddr>,
+    ) -> Result<String, Unmapped> {
+        let Self::BasenamePortIp(base) = self else {
+            return self.node_for_target(service, target, port);
+        };
+        let bare = target.strip_suffix('.').unwrap_or(target);
+        let literal = bare.parse::<IpAddr>().ok();
+        if literal.is_none() {
+            validate_dns_name(bare).map_err(|e| Unmapped::InvalidTarget {
+                target: bare.to_string(),
+                why: e.to_string(),
+            })?;
+        }
+        let ip = address.or(literal).ok_or_else(|| Unmapped::NoAddress {
+            target: bare.to_string(),
+            family: "IP",
+        })?;
+        let node = format!("{base}-{port}@{ip}");
+        validate_node_name(&node)?;
+        Ok(node)
+    }
+
+    /// The node an SRV record stands for, from the target's name alone. `BasenamePortIp`
+    /// needs the address too: see `node_for_record`.
     pub fn node_for_target(
         &self,
         service: &str,
@@ -88,6 +138,9 @@ impl NodeNaming {
             Self::BasenamePort(base) => format!("{base}-{port}@{target}"),
             Self::Basename(base) => format!("{base}@{target}"),
             Self::BasenameIp(base) => format!("{base}@{target}"),
+            Self::BasenamePortIp(_) => {
+                return self.node_for_record(service, target, port, None);
+            }
         };
         validate_node_name(&node)?;
         Ok(node)
@@ -192,6 +245,73 @@ mod tests {
         assert!(NodeNaming::Basename("bad base".into()).validate().is_err());
         assert!(NodeNaming::Basename(String::new()).validate().is_err());
         assert!(NodeNaming::Basename("app".into()).validate().is_ok());
+    }
+
+    #[test]
+    fn basename_port_ip_names_nodes_by_port_and_address_whatever_the_target_form() {
+        let naming = NodeNaming::BasenamePortIp("app".into());
+        assert!(naming.uses_srv());
+        assert!(naming.needs_target_address());
+        assert!(!NodeNaming::BasenamePort("app".into()).needs_target_address());
+        let ip: IpAddr = "10.0.0.4".parse().unwrap();
+        // Every target form Consul answers with, plus the one a user registered.
+        for target in [
+            "0a000004.addr.dc1.consul.",
+            "worker-1.node.dc1.consul",
+            "app-host.example.com",
+        ] {
+            assert_eq!(
+                naming
+                    .node_for_record(SERVICE, target, 23456, Some(ip))
+                    .unwrap(),
+                "app-23456@10.0.0.4",
+                "{target}"
+            );
+        }
+        // Two allocations on one host share Consul's target; their ports tell them apart.
+        assert_eq!(
+            naming
+                .node_for_record(SERVICE, "0a000004.addr.dc1.consul", 23457, Some(ip))
+                .unwrap(),
+            "app-23457@10.0.0.4"
+        );
+        assert_eq!(
+            naming
+                .node_for_record(
+                    SERVICE,
+                    "x.dc1.consul",
+                    4370,
+                    Some("fdaa::3".parse().unwrap())
+                )
+                .unwrap(),
+            "app-4370@fdaa::3"
+        );
+        // An IP-literal target is its own address (injected resolvers return those).
+        assert_eq!(
+            naming.node_for_target(SERVICE, "127.0.0.9", 4370).unwrap(),
+            "app-4370@127.0.0.9"
+        );
+        assert_eq!(
+            naming.node_for_target(SERVICE, "worker-1.node.dc1.consul", 4370),
+            Err(Unmapped::NoAddress {
+                target: "worker-1.node.dc1.consul".into(),
+                family: "IP"
+            })
+        );
+        assert!(matches!(
+            naming.node_for_record(SERVICE, "bad name.consul", 4370, None),
+            Err(Unmapped::InvalidTarget { .. })
+        ));
+        // Other conventions ignore the address.
+        assert_eq!(
+            NodeNaming::BasenamePort("app".into())
+                .node_for_record(SERVICE, "t.consul", 4370, Some(ip))
+                .unwrap(),
+            "app-4370@t.consul"
+        );
+        assert!(NodeNaming::BasenamePortIp("bad base".into())
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! One polled service: its DNS queries, the mapping of answers to node names, the cache
 //! filling that lets the epmd module connect without another query, and the membership.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
+
 use crate::cache::Family;
 use crate::engine::Engine;
+use crate::error::LookupError;
 use crate::membership::{Change, Membership};
 use crate::naming::{validate_dns_name, NodeName};
-use crate::node_naming::NodeNaming;
+use crate::node_naming::{NodeNaming, Unmapped};
 use crate::resolver::{SrvAnswer, SrvRecord};
 
 pub const DEFAULT_MAX_NODES: usize = 1024;
@@ -18,7 +21,8 @@ pub const DEFAULT_MAX_NODES: usize = 1024;
 pub struct TopologyConfig {
     pub service: String,
     pub naming: NodeNaming,
-    /// Which addresses `BasenameIp` asks for (A or AAAA).
+    /// Which addresses `BasenameIp` asks for (A or AAAA), and which address of an SRV
+    /// target `BasenamePortIp` puts in the node name.
     pub family: Family,
     pub max_nodes: usize,
 }
@@ -74,7 +78,10 @@ impl Topology {
         let dns = self.engine.dns();
         if self.config.naming.uses_srv() {
             match self.engine.bounded(service, dns.srv(service)).await {
-                Ok(answer) => self.apply_srv(&answer),
+                Ok(mut answer) => match self.complete_addresses(&mut answer).await {
+                    Ok(()) => self.apply_srv(&answer),
+                    Err(error) => self.apply_failure(&error.to_string()),
+                },
                 Err(error) if error.is_authoritative_absence() => {
                     self.apply_srv(&SrvAnswer::default())
                 }
@@ -98,6 +105,55 @@ impl Topology {
         }
     }
 
+    /// For a naming that puts the target's address in the node name: looks up the targets
+    /// whose address the additional section lacks (Consul leaves it out for a service
+    /// registered under a host name it cannot resolve), all at once. A target that has no
+    /// address stays unmapped; a failed lookup fails the whole poll, so a DNS problem never
+    /// makes a node look deregistered.
+    async fn complete_addresses(&self, answer: &mut SrvAnswer) -> Result<(), LookupError> {
+        if !self.config.naming.needs_target_address() {
+            return Ok(());
+        }
+        let family = self.config.family;
+        let mut missing: Vec<String> = answer
+            .records
+            .iter()
+            .filter(|r| r.target.parse::<IpAddr>().is_err())
+            .filter(|r| answer.address_of(&r.target, family).is_none())
+            .map(|r| r.target.to_ascii_lowercase())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing.truncate(self.config.max_nodes);
+        let mut lookups = JoinSet::new();
+        for target in missing {
+            let engine = Arc::clone(&self.engine);
+            lookups.spawn(async move {
+                let found = engine
+                    .bounded(&target, engine.dns().addresses(&target, family))
+                    .await;
+                (target, found)
+            });
+        }
+        while let Some(joined) = lookups.join_next().await {
+            let Ok((target, found)) = joined else {
+                continue;
+            };
+            match found {
+                Ok(addresses) => {
+                    answer
+                        .addresses
+                        .entry(target)
+                        .or_default()
+                        .extend(addresses);
+                }
+                Err(error) if error.is_authoritative_absence() => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
     /// Applies an SRV answer: maps targets, fills the address cache, updates membership.
     pub fn apply_srv(&self, answer: &SrvAnswer) -> Poll {
         self.engine.cache().note_dns_answer();
@@ -109,11 +165,20 @@ impl Topology {
             .collect();
         let now = Instant::now();
         for record in &answer.records {
-            match self.config.naming.node_for_target(
-                &self.config.service,
-                &record.target,
-                record.port,
-            ) {
+            let family = self.config.family;
+            let address = answer.address_of(&record.target, family).map(|(ip, _)| ip);
+            let mapped = self
+                .config
+                .naming
+                .node_for_record(&self.config.service, &record.target, record.port, address)
+                .map_err(|why| match why {
+                    Unmapped::NoAddress { target, .. } => Unmapped::NoAddress {
+                        target,
+                        family: family.label(),
+                    },
+                    other => other,
+                });
+            match mapped {
                 Ok(node) => {
                     self.remember_address(&node, record, answer, now);
                     nodes.push(node);

@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 mod atoms {
     rustler::atoms! {
         ok, error, miss, inet, inet6, noport, runtime_unavailable,
-        service_prefix, basename_port, basename, basename_ip,
+        service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
     }
 }
@@ -184,6 +184,8 @@ fn topology_new<'a>(
         NodeNaming::Basename(basename())
     } else if naming == atoms::basename_ip() {
         NodeNaming::BasenameIp(basename())
+    } else if naming == atoms::basename_port_ip() {
+        NodeNaming::BasenamePortIp(basename())
     } else {
         return Err(Error::BadArg);
     };

@@ -1,0 +1,17 @@
+# config/runtime.exs of the release the StatefulSet (statefulset.yaml) runs.
+# Without libcluster, start {DynamicSrv.Cluster, <the same config list>} in your supervisor.
+import Config
+
+config :libcluster,
+  topologies: [
+    app: [
+      strategy: Cluster.Strategy.DynamicSrv,
+      config: [
+        # _<port name>._tcp.<service>.<namespace>.svc.cluster.local
+        service: "_dist._tcp.my-app.default.svc.cluster.local",
+        # app@<SRV target>: app@my-app-0.my-app.default.svc.cluster.local, the RELEASE_NODE
+        # statefulset.yaml gives each pod.
+        node_naming: {:basename, "app"}
+      ]
+    ]
+  ]

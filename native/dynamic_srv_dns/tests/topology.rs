@@ -1,0 +1,121 @@
+//! `Topology` (topology.rs) against a real dnsmasq: the Consul shapes `BasenamePortIp` maps.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamic_srv_dns::{
+    Cache, Config, Engine, Family, NodeNaming, PortMode, Topology, TopologyConfig,
+};
+use support::Dnsmasq;
+
+const SERVICE: &str = "my-app.service.consul";
+
+fn topology(nameserver: SocketAddr) -> Topology {
+    let config = Config {
+        dist_port: None,
+        nameservers: vec![nameserver],
+        port_mode: PortMode::Name,
+        lookup_timeout: Duration::from_millis(1500),
+        min_ttl: Duration::from_secs(5),
+        max_stale: Duration::from_secs(60),
+    };
+    let engine = Arc::new(Engine::new(config, Arc::new(Cache::default())).unwrap());
+    let config = TopologyConfig {
+        service: SERVICE.into(),
+        naming: NodeNaming::BasenamePortIp("app".into()),
+        family: Family::Inet,
+        max_nodes: 64,
+    };
+    Topology::new(config, engine).unwrap()
+}
+
+#[tokio::test]
+async fn basename_port_ip_maps_every_consul_target_form_to_port_and_address() {
+    let server = Dnsmasq::builder()
+        .local_domain("consul")
+        // Consul >= 1.7 for a service registered with an IP: two allocations on one host.
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21002, 1, 1)
+        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+        // A service registered without an address: the agent's node name.
+        .srv(SERVICE, "worker-2.node.dc1.consul", 21003, 1, 1)
+        .host("worker-2.node.dc1.consul", &["127.0.0.12"])
+        // A service registered under a host name Consul does not add to the additional
+        // section (dnsmasq leaves --address= records out of it too): one A query.
+        .srv(SERVICE, "app-3.example.test", 21004, 1, 1)
+        .address("example.test", "127.0.0.13")
+        // A registered name with no address at all is no node.
+        .srv(SERVICE, "ghost.example.nope", 21005, 1, 1)
+        .local_domain("example.nope")
+        .start();
+    let topology = topology(server.addr());
+
+    let poll = topology.poll().await;
+    let mut members = poll.change.members.clone();
+    members.sort();
+    assert_eq!(
+        members,
+        [
+            "app-21001@127.0.0.11",
+            "app-21002@127.0.0.11",
+            "app-21003@127.0.0.12",
+            "app-21004@127.0.0.13",
+        ]
+    );
+    assert_eq!(poll.records, 5);
+    assert_eq!(poll.unmapped.len(), 1, "{:?}", poll.unmapped);
+    assert_eq!(poll.unmapped[0].0, "ghost.example.nope");
+    assert!(
+        poll.unmapped[0].1.contains("no IPv4 address"),
+        "{:?}",
+        poll.unmapped
+    );
+    // Only the targets missing from the additional section were looked up.
+    assert_eq!(server.queries("A", "app-3.example.test"), 1);
+    assert_eq!(server.queries("A", "ghost.example.nope"), 1);
+    assert_eq!(server.queries("A", "7f00000b.addr.dc1.consul"), 0);
+    assert_eq!(server.queries("A", "worker-2.node.dc1.consul"), 0);
+}
+
+#[tokio::test]
+async fn a_failed_address_lookup_fails_the_poll_instead_of_dropping_the_node() {
+    // Names outside dnsmasq's local domains are REFUSED (no upstream): a server failure.
+    let mut server = Dnsmasq::builder()
+        .local_domain("consul")
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+        .srv(SERVICE, "app-3.example.test", 21004, 1, 1)
+        .address("example.test", "127.0.0.13")
+        .start();
+    let topology = topology(server.addr());
+    let first = topology.poll().await;
+    assert_eq!(first.change.members.len(), 2, "{first:?}");
+
+    let port = server.port();
+    server.restart_with(
+        Dnsmasq::builder()
+            .port(port)
+            .local_domain("consul")
+            .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+            .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+            .srv(SERVICE, "app-3.example.test", 21004, 1, 1),
+    );
+    for attempt in 0..3 {
+        let poll = topology.poll().await;
+        if attempt == 0 {
+            let reason = poll.change.outage_started.clone().unwrap_or_default();
+            assert!(reason.contains("app-3.example.test"), "{poll:?}");
+        }
+        let mut members = poll.change.members.clone();
+        members.sort();
+        assert_eq!(
+            members,
+            ["app-21001@127.0.0.11", "app-21004@127.0.0.13"],
+            "{poll:?}"
+        );
+        assert!(poll.change.left.is_empty(), "{poll:?}");
+    }
+}
