@@ -77,5 +77,5 @@ defmodule DynamicSrv.Test.Chaos do
   end
 
   defp format(v) when is_binary(v), do: v
-  defp format(v), do: inspect(v)
+  defp format(v), do: inspect(v, charlists: :as_lists)
 end
