@@ -74,7 +74,9 @@ defmodule DynamicSrv.Chaos.DnsOutageTest do
 
     # Polls reach the server again, and nothing changes.
     assert Mesh.eventually(
-             fn -> Enum.count(DnsServer.queries(dns), &(&1 =~ "query[SRV] svc.dyn.test")) >= 5 end,
+             fn ->
+               Enum.count(DnsServer.queries(dns), &(&1 =~ "query[SRV] svc.dyn.test")) >= 5
+             end,
              600
            )
 

@@ -29,7 +29,10 @@ defmodule DynamicSrv.Chaos.FlappingTest do
   end
 
   defp attempts_on(peers, flapper) do
-    for peer <- peers, other <- peers, peer != other, peer == flapper or other == flapper,
+    for peer <- peers,
+        other <- peers,
+        peer != other,
+        peer == flapper or other == flapper,
         reduce: 0 do
       acc -> acc + connects(peer, other.name)
     end
