@@ -78,7 +78,7 @@ defmodule DynamicSrv.Chaos.KilledPeerTest do
              end)
     end
 
-    assert_no_alias(old_pid, reborn, survivors)
+    {monitor_reasons, delivered} = assert_no_alias(old_pid, reborn, survivors)
 
     downs = Chaos.nodedowns_since(survivors, mark)
     # Only the killed node's connections went down, once each.
@@ -91,7 +91,9 @@ defmodule DynamicSrv.Chaos.KilledPeerTest do
       {"heal_ms", healed_at - restarted_at},
       {"heal_intervals", Chaos.intervals(healed_at - restarted_at, @poll)},
       {"survivor_polls_to_heal", polls_taken},
-      {"reborn_polls_to_heal", reborn_polls}
+      {"reborn_polls_to_heal", reborn_polls},
+      {"old_pid_monitor", monitor_reasons},
+      {"old_pid_messages_delivered", delivered}
     ])
 
     %{specs: specs, dns: dns, peers: peers}
@@ -107,14 +109,20 @@ defmodule DynamicSrv.Chaos.KilledPeerTest do
     assert ChaosAgent.creation(old_pid) != ChaosAgent.creation(new_pid)
     refute old_pid == new_pid
 
-    for peer <- survivors do
-      reason = Peer.call(peer, ChaosAgent, :probe_old_pid, [old_pid, new_pid])
-      assert reason in [:noproc, :noconnection], "#{peer.name}: monitor said #{inspect(reason)}"
-    end
+    reasons =
+      for peer <- survivors do
+        reason = Peer.call(peer, ChaosAgent, :probe_old_pid, [old_pid, new_pid])
+        assert reason in [:noproc, :noconnection], "#{peer.name}: monitor said #{inspect(reason)}"
+        reason
+      end
 
+    # Only the markers arrived: none of the probes sent to the old pid.
     markers = for peer <- survivors, do: {:marker_to_new_pid, peer.name}
 
     assert Mesh.eventually(fn -> Peer.call(reborn, ChaosAgent, :caught, []) == markers end),
            "the new process received #{inspect(Peer.call(reborn, ChaosAgent, :caught, []))}"
+
+    caught = Peer.call(reborn, ChaosAgent, :caught, [])
+    {Enum.uniq(reasons), Enum.count(caught, &match?({:probe_to_old_pid, _}, &1))}
   end
 end
