@@ -19,6 +19,7 @@ defmodule DynamicSrv.Chaos.DnsOutageTest do
     peers = boot!(specs, dns, %{"DYNAMIC_SRV_MIN_TTL_MS" => "1000"})
     start_clusters!(peers, [polling_interval: @poll] ++ counting())
     assert_full_mesh(peers)
+    for peer <- peers, do: Mesh.assert_no_epmd(peer)
     %{specs: specs, dns: dns, peers: peers}
   end
 

@@ -15,6 +15,7 @@ defmodule DynamicSrv.Chaos.FlappingTest do
     specs = specs(for i <- 1..6, do: "n#{i}")
     dns = start_dns!(records(specs))
     peers = boot!(specs, dns)
+    for peer <- peers, do: Mesh.assert_no_epmd(peer)
     {flapper, stable} = List.pop_at(peers, 5)
     %{specs: specs, dns: dns, peers: peers, flapper: flapper, stable: stable}
   end

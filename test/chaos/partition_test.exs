@@ -40,6 +40,7 @@ defmodule DynamicSrv.Chaos.PartitionTest do
     peers = peers_a ++ peers_b
     start_clusters!(peers, [polling_interval: @poll] ++ counting())
     assert_full_mesh(peers)
+    for peer <- peers, do: Mesh.assert_no_epmd(peer)
 
     %{a: peers_a, b: peers_b, link: [{ns_a, dev_a}, {ns_b, dev_b}]}
   end
