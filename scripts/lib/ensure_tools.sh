@@ -1,7 +1,8 @@
+# shellcheck shell=bash
 # Sourced by scripts/test and scripts/chaos (not run on its own): installs what a fresh
 # Debian machine lacks, puts cargo on PATH, cds to the repository and sets MIX_ENV=test.
 
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 
 need=()
 command -v erl >/dev/null || need+=(erlang-nox)
