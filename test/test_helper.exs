@@ -1,3 +1,2 @@
-# Integration tests boot real BEAM nodes and a real dnsmasq; `mix test --exclude integration`
-# runs only the unit tests.
-ExUnit.start(capture_log: true)
+# Long fault variants (`@tag :slow`) run only from ./scripts/chaos (`--include slow`).
+ExUnit.start(capture_log: true, exclude: [:slow])

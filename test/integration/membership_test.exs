@@ -1,166 +1,16 @@
 defmodule DynamicSrv.Integration.MembershipTest do
-  # Real nodes, each running DynamicSrv.Cluster, behind a real dnsmasq. Only the strategy
-  # forms the mesh: the nodes never call Node.connect themselves, and they run with
-  # `-connect_all false` so global does not connect them transitively either (every
-  # connection below is one the strategy made, through the cache its SRV polls filled).
+  # Real nodes, each running DynamicSrv.Cluster, behind a real dnsmasq (see
+  # DynamicSrv.Test.Fleet: only the strategies form the mesh).
   use ExUnit.Case, async: false
   @moduletag :integration
 
-  alias DynamicSrv.Test.{DnsServer, Mesh, NodeAgent, Peer, Ports}
+  import DynamicSrv.Test.Fleet
+  alias DynamicSrv.Test.{DnsServer, Mesh, NodeAgent, Peer}
 
   @service "svc.dyn.test"
   @poll 300
-  # NXDOMAIN (not REFUSED) for unknown names; one process per TCP connection, since the
-  # nodes' resolvers keep their TCP connections open (see DnsServer's :tcp_workers).
-  @dns_opts [extra: ["--local=/dyn.test/"], tcp_workers: true]
 
-  # The strategy's connect/list MFAs, wrapped to count connect attempts per node and applied
-  # polls (see NodeAgent.counting_connect/1 and counting_list_nodes/0); they then do what the
-  # defaults do.
-  @counting [
-    connect: {NodeAgent, :counting_connect, []},
-    list_nodes: {NodeAgent, :counting_list_nodes, []}
-  ]
-
-  # --- helpers ---------------------------------------------------------------------------
-
-  defp specs(names) do
-    ports = free_ports(length(names), [])
-    for {name, port} <- Enum.zip(names, ports), do: %{name: name, port: port}
-  end
-
-  defp free_ports(0, acc), do: acc
-
-  defp free_ports(n, acc) do
-    port = Ports.free()
-    if port in acc, do: free_ports(n, acc), else: free_ports(n - 1, [port | acc])
-  end
-
-  defp fresh_port(taken) do
-    port = Ports.free()
-    if port in taken, do: fresh_port(taken), else: port
-  end
-
-  defp target(%{name: name}), do: "#{name}.#{@service}"
-
-  # The service SRV lists every node; each node also has its own SRV (what the epmd module
-  # asks for `name@host` on a cache miss) and an A record on the same name.
-  defp records(specs) do
-    Enum.flat_map(specs, fn spec ->
-      t = target(spec)
-      [{:srv, @service, t, spec.port}, {:srv, t, t, spec.port}, {:a, t, "127.0.0.1"}]
-    end)
-  end
-
-  # `extra` adds dnsmasq arguments to the defaults.
-  defp start_dns!(records, opts \\ []) do
-    {extra, opts} = Keyword.pop(opts, :extra, [])
-    dns = DnsServer.start!(records, Keyword.update!(@dns_opts, :extra, &(&1 ++ extra)) ++ opts)
-    on_exit(fn -> stop_dns(dns) end)
-    dns
-  end
-
-  # Stops this very dnsmasq (its command line names its own directory, so a recycled pid is
-  # never hit) and removes its files.
-  defp stop_dns(dns) do
-    case File.read("/proc/#{dns.os_pid}/cmdline") do
-      {:ok, cmdline} -> if String.contains?(cmdline, dns.dir), do: DnsServer.stop(dns)
-      {:error, _} -> :ok
-    end
-
-    File.rm_rf(dns.dir)
-    :ok
-  end
-
-  # A new dnsmasq on the same port with new records. (DnsServer.restart!/3 reuses the
-  # directory, whose log already says "started", so it can return before the new server
-  # answers; a fresh directory makes start! wait for the new one.)
-  defp restart_dns!(dns, records, extra \\ []) do
-    stop_dns(dns)
-    start_dns!(records, port: dns.port, extra: extra)
-  end
-
-  defp env(spec, dns, extra) do
-    Map.merge(
-      %{
-        "ERL_DIST_PORT" => Integer.to_string(spec.port),
-        "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns),
-        "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS" => "500"
-      },
-      extra
-    )
-  end
-
-  # Boots the nodes in parallel; the test process becomes the owner of every node's port.
-  defp boot!(specs, dns, extra_env \\ %{}) do
-    parent = self()
-
-    peers =
-      specs
-      |> Task.async_stream(
-        fn spec ->
-          peer =
-            Peer.start!("#{spec.name}@#{@service}", env(spec, dns, extra_env),
-              erl_args: ["-connect_all", "false"]
-            )
-
-          true = Port.connect(peer.port, parent)
-          Process.unlink(peer.port)
-          peer
-        end,
-        timeout: 60_000,
-        max_concurrency: 8
-      )
-      |> Enum.map(fn {:ok, peer} -> peer end)
-
-    for peer <- peers, do: on_exit(fn -> Peer.stop(peer) end)
-    peers
-  end
-
-  defp start_clusters!(peers, opts) do
-    opts = Keyword.merge([service: @service, polling_interval: @poll], opts)
-
-    for peer <- peers do
-      assert {:ok, _pid} = Peer.call(peer, NodeAgent, :start_cluster, [opts])
-    end
-  end
-
-  defp node_list(peer), do: Enum.sort(Peer.call(peer, Node, :list, []))
-
-  defp assert_full_mesh(peers) do
-    names = Enum.map(peers, & &1.name)
-
-    for peer <- peers do
-      expected = Enum.sort(names -- [peer.name])
-
-      assert Mesh.eventually(fn -> node_list(peer) == expected end, 300),
-             "#{peer.name} sees #{inspect(node_list(peer))}, expected #{inspect(expected)}"
-    end
-  end
-
-  # Every peer is connected to every other one (and maybe to nodes outside `peers`).
-  defp assert_connected(peers) do
-    for peer <- peers, other <- peers, other != peer do
-      assert Mesh.eventually(fn -> other.name in node_list(peer) end, 300),
-             "#{peer.name} is not connected to #{other.name}: #{inspect(node_list(peer))}"
-    end
-  end
-
-  defp members(peer), do: Peer.call(peer, NodeAgent, :cluster_members, [])
-  defp polls(peer), do: Peer.call(peer, NodeAgent, :list_nodes_calls, [])
-
-  # Waits until every peer has applied at least `n` more polls (counted by the
-  # counting :list_nodes MFA, which the cluster calls once per applied poll).
-  defp await_polls(peers, n) do
-    start = Map.new(peers, &{&1.name, polls(&1)})
-
-    for peer <- peers do
-      assert Mesh.eventually(fn -> polls(peer) >= start[peer.name] + n end, 600),
-             "#{peer.name} did not apply #{n} polls"
-    end
-  end
-
-  defp connects(peer, node), do: Peer.call(peer, NodeAgent, :connect_count, [node])
+  # --- helpers (the shared ones are DynamicSrv.Test.Fleet's) ------------------------------
 
   # The service's SRV answer, asked over TCP from this VM and read raw: its size, record
   # counts and whether :inet_dns can decode it.
@@ -263,7 +113,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
 
     test "removed from DNS while running, its own strategy stopped: the others disconnect it for good",
          %{specs: specs, dns: dns, peers: peers, gone: gone, kept: kept} do
-      start_clusters!(peers, @counting)
+      start_clusters!(peers, counting())
       assert_full_mesh(peers)
 
       # A draining node: its strategy stops and its records go, but the VM keeps running.
@@ -285,7 +135,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
 
     test "removed from DNS while running with its strategy: the others disconnect it, never dial it again, and it stays out",
          %{specs: specs, dns: dns, peers: peers, gone: gone, kept: kept} do
-      start_clusters!(peers, @counting)
+      start_clusters!(peers, counting())
       assert_full_mesh(peers)
 
       deregister_last!(specs, dns)
@@ -302,7 +152,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
 
     test "with disconnect_on_deregister: false a node removed from DNS stays connected",
          %{specs: specs, dns: dns, peers: peers, gone: gone, kept: kept} do
-      start_clusters!(peers, [disconnect_on_deregister: false] ++ @counting)
+      start_clusters!(peers, [disconnect_on_deregister: false] ++ counting())
       assert_full_mesh(peers)
 
       deregister_last!(specs, dns)
@@ -315,7 +165,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
 
     test "removed from DNS and stopped: the others drop it and stop trying",
          %{specs: specs, dns: dns, peers: peers, gone: gone, kept: kept} do
-      start_clusters!(peers, @counting)
+      start_clusters!(peers, counting())
       assert_full_mesh(peers)
 
       Peer.stop(gone)
@@ -388,7 +238,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
     dns = start_dns!(records(specs))
     # Cached answers expire after 1 s, so during the outage every lookup is a stale one.
     peers = boot!(specs, dns, %{"DYNAMIC_SRV_MIN_TTL_MS" => "1000"})
-    start_clusters!(peers, @counting)
+    start_clusters!(peers, counting())
     assert_full_mesh(peers)
 
     stop_dns(dns)
@@ -429,7 +279,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
     dns = start_dns!(records(specs ++ [new_spec]), port: dns.port)
 
     [n6] = boot!([new_spec], dns)
-    start_clusters!([n6], @counting)
+    start_clusters!([n6], counting())
     all = peers ++ [n6]
     assert_full_mesh(all)
 
@@ -489,7 +339,7 @@ defmodule DynamicSrv.Integration.MembershipTest do
     dns = start_dns!(records(specs))
     peers = boot!(specs, dns)
     max_node_atoms = 100
-    start_clusters!(peers, [max_nodes: 50, max_node_atoms: max_node_atoms] ++ @counting)
+    start_clusters!(peers, [max_nodes: 50, max_node_atoms: max_node_atoms] ++ counting())
     assert_full_mesh(peers)
     pids = Map.new(peers, &{&1.name, Peer.call(&1, NodeAgent, :cluster_pid, [])})
 

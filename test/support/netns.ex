@@ -37,6 +37,31 @@ defmodule DynamicSrv.Test.Netns do
   end
 
   @doc """
+  Joins namespaces `ns_a` and `ns_b` with a veth pair, addresses its ends (`cidr_a`, `cidr_b`,
+  e.g. `"192.0.2.1/24"`) and brings them up; returns the two device names `{dev_a, dev_b}`.
+  Destroying either namespace removes the pair.
+  """
+  def veth_pair!(ns_a, cidr_a, ns_b, cidr_b) do
+    # Device names are at most 15 bytes.
+    id = rem(System.unique_integer([:positive]), 1_000_000)
+    {dev_a, dev_b} = {"dsrv#{id}a", "dsrv#{id}b"}
+    ip!(~w(link add #{dev_a} netns #{ns_a} type veth peer name #{dev_b} netns #{ns_b}))
+    add_address!(ns_a, cidr_a, dev_a)
+    add_address!(ns_b, cidr_b, dev_b)
+    set_link!(ns_a, dev_a, :up)
+    set_link!(ns_b, dev_b, :up)
+    {dev_a, dev_b}
+  end
+
+  @doc """
+  Sets a link of `ns` `:up` or `:down`. Down, the subnet's route goes with it (peers become
+  unreachable); the addresses stay, and up again restores the route.
+  """
+  def set_link!(ns, dev, state) when state in [:up, :down] do
+    exec!(ns, ["ip", "link", "set", dev, Atom.to_string(state)])
+  end
+
+  @doc """
   `{executable, args}` that run `executable args` inside `ns` (or unchanged when `ns` is nil),
   for `Port.open({:spawn_executable, ...})`. `ip netns exec` execs in place, so the OS pid
   of the port is the program's own.
