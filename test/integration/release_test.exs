@@ -262,13 +262,13 @@ defmodule DynamicSrv.Integration.ReleaseTest do
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     node = %{port: port, os_pid: os_pid, bin: bin}
-    on_exit(fn -> kill_if_ours(node) end)
+    on_exit(fn -> kill_if_ours(os_pid, bin) end)
     node
   end
 
   # `bin/app start` execs down to beam.smp, so the port's OS pid is the node's. Ended by that
   # pid, and only while it still runs this release (a recycled pid is left alone).
-  defp kill_if_ours(%{os_pid: os_pid, bin: bin}) do
+  defp kill_if_ours(os_pid, bin) do
     root = bin |> Path.dirname() |> Path.dirname()
 
     for signal <- ["-TERM", "-KILL"] do
@@ -386,9 +386,7 @@ defmodule DynamicSrv.Integration.ReleaseTest do
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
 
-    on_exit(fn ->
-      System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
-    end)
+    on_exit(fn -> kill_if_ours(os_pid, bin) end)
 
     deadline = System.monotonic_time(:millisecond) + @command_timeout
 
