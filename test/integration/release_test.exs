@@ -119,8 +119,9 @@ defmodule DynamicSrv.Integration.ReleaseTest do
     assert value == 35_351
     IO.puts("[release] bin/#{@app} rpc round trip (boots a helper VM): #{div(micros, 1000)} ms")
 
-    assert rpc_term!(bin, env_b, "{node(), :erlang.whereis(:init) |> node()}") ==
-             {b.node, b.node}
+    # The node listens on its ERL_DIST_PORT; the helper, with the same variable, did not clash.
+    assert rpc_term!(bin, env_b, "{node(), DynamicSrv.Epmd.names(nil)}") ==
+             {b.node, {:ok, [{~c"b", b.port}]}}
 
     # --- pid: the OS pid of the running node ---
     for {node, env} <- [{node_a, env_a}, {node_b, env_b}] do
