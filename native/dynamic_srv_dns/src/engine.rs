@@ -162,6 +162,15 @@ impl Engine {
     }
 
     fn plan(&self, node: &NodeName, family: Family) -> Result<Plan, NameError> {
+        // A release helper dials out and is never dialed: it listens on a random port, and the
+        // port its name or ERL_DIST_PORT suggests belongs to the node it serves. A node asks
+        // for one only after it quit (OTP reconnecting after a `bin/app remote` session), so
+        // answer at once instead of sending a doomed query from inside net_kernel.
+        if node.is_helper() {
+            return Err(NameError::ReleaseHelper {
+                node: node.to_string(),
+            });
+        }
         let port = match (self.config.port_mode, self.config.dist_port) {
             // A release helper (`bin/app rpc`) runs on the machine of the node it serves, with
             // that node's environment: the node listens on ERL_DIST_PORT. In srv mode the host

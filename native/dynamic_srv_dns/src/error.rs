@@ -60,6 +60,12 @@ pub enum NameError {
 
     #[error("node name {node:?} ends in {digits}, which is not a port from 1 to 65535")]
     PortOutOfRange { node: String, digits: String },
+
+    #[error(
+        "node {node:?} is a release helper (bin/app rpc|remote): it listens on a random port \
+         that no record announces, so it is never dialed"
+    )]
+    ReleaseHelper { node: String },
 }
 
 /// A lookup that produced no usable address.
@@ -112,6 +118,7 @@ impl LookupError {
             Self::Unreachable { .. } => "unreachable",
             Self::Malformed { .. } => "malformed_answer",
             Self::NoAddress { .. } => "no_address",
+            Self::Name(NameError::ReleaseHelper { .. }) => "release_helper",
             Self::Name(_) => "invalid_node_name",
         }
     }

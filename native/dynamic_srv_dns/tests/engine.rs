@@ -478,6 +478,19 @@ async fn release_helper_reaches_its_node_over_loopback_on_the_dist_port_without_
     assert_eq!(server.queries("SRV", "main.h.dyn.test"), 0);
     assert_eq!(server.queries("A", "h.dyn.test"), 0);
 
+    // Nobody dials a helper (after `bin/app remote` quits, OTP on the served node tries):
+    // answered at once, without DNS, in every port mode.
+    for mode in [PortMode::Srv, PortMode::Name, PortMode::Static] {
+        let served = engine(config(server.addr(), mode));
+        for helper in ["rem-00ff-main@h.dyn.test", "rpc-1a2b-main-4370@h.dyn.test"] {
+            let error = served.cached(helper, Family::Inet).unwrap_err();
+            assert_eq!(error.reason(), "release_helper", "{mode:?} {helper}");
+            let error = served.resolve(helper, Family::Inet).await.unwrap_err();
+            assert_eq!(error.reason(), "release_helper", "{mode:?} {helper}");
+        }
+    }
+    assert_eq!(server.all_queries(), vec![]);
+
     // Any other node, including one whose name merely starts with "rpc-", uses SRV.
     let other = engine(config(server.addr(), PortMode::Srv));
     assert_eq!(
