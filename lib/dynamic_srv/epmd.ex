@@ -99,6 +99,7 @@ defmodule DynamicSrv.Epmd do
 
   defp configure do
     with :ok <- Native.load(),
+         :ok <- DynamicSrv.LogForwarder.ensure_started(),
          {:ok, engine} <- Native.configure(Native.environment()) do
       state = {engine, Native.lookup_timeout_ms(engine)}
       :persistent_term.put(@engine, state)

@@ -63,20 +63,22 @@ impl Diagnoser {
     /// say), the resolver settings alone still allow looking at DNS, so the diagnosis can
     /// show both the bad variable and what DNS says. Must be called in a tokio context.
     pub fn new(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let config = match Config::from_env(&get) {
-            Ok(config) => config,
-            Err(_) => {
-                let mut config = Config::discovery_from_env(&get)?;
-                if let Some(mode) = get(crate::config::PORT_MODE)
-                    .and_then(|v| crate::config::parse_port_mode(&v).ok())
-                {
-                    config.port_mode = mode;
-                }
-                config.dist_port = get(ERL_DIST_PORT)
-                    .and_then(|v| crate::config::parse_port(ERL_DIST_PORT, &v).ok());
-                config
-            }
-        };
+        // An invalid timing variable is shown as such by `settings`; here it falls back to
+        // its default so DNS can still be asked. Bad nameservers leave nothing to ask.
+        let invalid: Vec<&str> = crate::config::settings(&get)
+            .into_iter()
+            .filter(|s| s.effective.is_err() && s.var != NAMESERVERS)
+            .map(|s| s.var)
+            .collect();
+        let lenient = |var: &str| get(var).filter(|_| !invalid.contains(&var));
+        let mut config = Config::discovery_from_env(&lenient)?;
+        if let Some(mode) =
+            lenient(crate::config::PORT_MODE).and_then(|v| crate::config::parse_port_mode(&v).ok())
+        {
+            config.port_mode = mode;
+        }
+        config.dist_port =
+            lenient(ERL_DIST_PORT).and_then(|v| crate::config::parse_port(ERL_DIST_PORT, &v).ok());
         Self::with_config(config)
     }
 
@@ -106,7 +108,7 @@ impl Diagnoser {
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(answer) => Ok(srv_lines(answer)),
-            Err(error) => Err(self.failure(error, "SRV")),
+            Err(error) => Err(self.failure(error, elapsed)),
         };
         let probe = Probe {
             name: name.to_string(),
@@ -130,7 +132,7 @@ impl Diagnoser {
                 .iter()
                 .map(|(ip, ttl)| format!("{ip} (ttl {ttl} s)"))
                 .collect()),
-            Err(error) => Err(self.failure(error, record_type)),
+            Err(error) => Err(self.failure(error, elapsed)),
         };
         let first = result.ok().and_then(|a| a.first().map(|(ip, _)| *ip));
         let probe = Probe {
@@ -255,10 +257,19 @@ impl Diagnoser {
         }
     }
 
-    fn failure(&self, error: &LookupError, _record_type: &str) -> Failure {
+    fn failure(&self, error: &LookupError, elapsed: Duration) -> Failure {
+        // The resolver gives up after two tries of a third of the budget each: say when it
+        // actually gave up, not the whole budget.
+        let message = match error {
+            LookupError::Timeout { name, .. } => format!(
+                "{name}: no answer (gave up after {} ms)",
+                elapsed.as_millis()
+            ),
+            other => other.to_string(),
+        };
         Failure {
             reason: error.reason(),
-            message: error.to_string(),
+            message,
             fix: advice(error, self, self.config().port_mode),
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod diagnosis;
 pub mod engine;
 pub mod error;
+pub mod log_events;
 pub mod membership;
 pub mod naming;
 pub mod node_naming;
