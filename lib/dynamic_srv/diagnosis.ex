@@ -98,7 +98,7 @@ defmodule DynamicSrv.Diagnosis do
 
     report = %{
       settings: settings,
-      node: this,
+      node: Map.put(this, :nameservers_override, Keyword.get(opts, :nameservers)),
       nameservers: nameservers,
       self_check: self_check,
       services: services,
@@ -453,7 +453,11 @@ defmodule DynamicSrv.Diagnosis do
       invalid_note(report.settings),
       "  port mode: #{this.mode}; distribution port: #{port}",
       "  address family: #{family_label(this.family)}",
-      "  nameservers: #{report.nameservers || "none usable"}",
+      "  nameservers: #{report.nameservers || "none usable"}" <>
+        if(this[:nameservers_override],
+          do: " (given to this diagnosis instead of DYNAMIC_SRV_NAMESERVERS)",
+          else: ""
+        ),
       ""
     ]
   end
