@@ -71,7 +71,7 @@ impl Diagnoser {
             .map(|s| s.var)
             .collect();
         let lenient = |var: &str| get(var).filter(|_| !invalid.contains(&var));
-        let mut config = Config::discovery_from_env(&lenient)?;
+        let mut config = Config::discovery_from_env(lenient)?;
         if let Some(mode) =
             lenient(crate::config::PORT_MODE).and_then(|v| crate::config::parse_port_mode(&v).ok())
         {
