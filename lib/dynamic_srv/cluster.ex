@@ -99,6 +99,7 @@ defmodule DynamicSrv.Cluster do
     options = Options.validate!(config)
 
     with :ok <- Native.load(),
+         :ok <- DynamicSrv.LogForwarder.ensure_started(),
          {:ok, topology} <- Native.topology_new(Native.environment(), native_options(options)) do
       state = %{
         options: options,

@@ -99,6 +99,7 @@ defmodule DynamicSrv.Epmd do
 
   defp configure do
     with :ok <- Native.load(),
+         :ok <- DynamicSrv.LogForwarder.ensure_started(),
          {:ok, engine} <- Native.configure(Native.environment()) do
       state = {engine, Native.lookup_timeout_ms(engine)}
       :persistent_term.put(@engine, state)
@@ -122,6 +123,8 @@ defmodule DynamicSrv.Epmd do
   # answer it could only deliver more than a second after that, and we wait two: no answer
   # can arrive after we stop waiting and linger in net_kernel's mailbox.
   defp await_lookup(engine, node, family, timeout) do
+    # Misses are rare and already wait on DNS: the place to bring back a killed forwarder.
+    DynamicSrv.LogForwarder.ensure_started()
     tag = make_ref()
 
     case Native.lookup(engine, node, family, self(), tag) do

@@ -63,4 +63,17 @@ defmodule DynamicSrv.Native do
   def topology_apply(_topology, _records), do: :erlang.nif_error(:nif_not_loaded)
   def topology_fail(_topology, _reason), do: :erlang.nif_error(:nif_not_loaded)
   def topology_members(_topology), do: :erlang.nif_error(:nif_not_loaded)
+  def set_log_forwarder(_pid), do: :erlang.nif_error(:nif_not_loaded)
+  def log_stats, do: :erlang.nif_error(:nif_not_loaded)
+  def log_probe(_level, _message), do: :erlang.nif_error(:nif_not_loaded)
+  def config_settings(_vars), do: :erlang.nif_error(:nif_not_loaded)
+  def cache_snapshot(_limit), do: :erlang.nif_error(:nif_not_loaded)
+  def diagnoser_new(_vars, _nameservers, _own_node), do: :erlang.nif_error(:nif_not_loaded)
+  def diagnoser_info(_diagnoser), do: :erlang.nif_error(:nif_not_loaded)
+
+  def diagnose_node(_diagnoser, _node, _family, _listen_port, _pid, _tag),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def diagnose_query(_diagnoser, _kind, _name, _pid, _tag),
+    do: :erlang.nif_error(:nif_not_loaded)
 end

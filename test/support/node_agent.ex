@@ -219,7 +219,7 @@ defmodule DynamicSrv.Test.NodeAgent do
       end
 
     key = {:log, System.unique_integer([:monotonic])}
-    :ets.insert(@events, {key, level, text, Map.get(meta, :mfa)})
+    :ets.insert(@events, {key, level, text, Map.get(meta, :mfa), Map.get(meta, :dynamic_srv)})
   rescue
     _ -> :ok
   end
@@ -227,8 +227,33 @@ defmodule DynamicSrv.Test.NodeAgent do
   @doc "The log events captured since start_log_capture/1: `[{level, text}]`, in order."
   def captured_logs do
     @events
-    |> :ets.match_object({{:log, :_}, :_, :_, :_})
+    |> :ets.match_object({{:log, :_}, :_, :_, :_, :_})
     |> Enum.sort()
-    |> Enum.map(fn {_key, level, text, _mfa} -> {level, text} end)
+    |> Enum.map(fn {_key, level, text, _mfa, _dynamic_srv} -> {level, text} end)
+  end
+
+  @doc "Like captured_logs/0, only the events forwarded from the Rust side (`dynamic_srv: true`)."
+  def captured_rust_logs do
+    @events
+    |> :ets.match_object({{:log, :_}, :_, :_, :_, true})
+    |> Enum.sort()
+    |> Enum.map(fn {_key, level, text, _mfa, true} -> {level, text} end)
+  end
+
+  @doc "Runs `m.f(a...)` with a StringIO as group leader; returns `{result, printed_text}`."
+  def capture_output(m, f, a) do
+    {:ok, io} = StringIO.open("")
+    leader = Process.group_leader()
+    Process.group_leader(self(), io)
+
+    result =
+      try do
+        apply(m, f, a)
+      after
+        Process.group_leader(self(), leader)
+      end
+
+    {:ok, {_, output}} = StringIO.close(io)
+    {result, output}
   end
 end

@@ -3,7 +3,7 @@ defmodule DynamicSrv.Test.Peer do
   # Boots a real BEAM node as an OS process with our epmd module and no epmd daemon, and
   # drives it through DynamicSrv.Test.NodeAgent over stdin/stdout. Ended by its OS pid.
 
-  defstruct [:name, :os_pid, :port, :env]
+  defstruct [:name, :os_pid, :port, :env, boot_output: []]
 
   @cookie "dynamic_srv_test"
 
@@ -56,7 +56,7 @@ defmodule DynamicSrv.Test.Peer do
     peer = %__MODULE__{name: String.to_atom(name), os_pid: os_pid, port: port, env: env}
 
     case await_ready(port, []) do
-      :ok -> {:ok, peer}
+      {:ok, lines} -> {:ok, %{peer | boot_output: lines}}
       {:exit, status, output} -> {:error, status, output}
     end
   end
@@ -170,7 +170,8 @@ defmodule DynamicSrv.Test.Peer do
 
   defp await_ready(port, acc) do
     receive do
-      {^port, {:data, {:eol, "READY " <> _}}} -> :ok
+      # Every line the node printed before READY, for tests that assert a quiet boot.
+      {^port, {:data, {:eol, "READY " <> _}}} -> {:ok, Enum.reverse(acc)}
       {^port, {:data, {_, line}}} -> await_ready(port, [line | acc])
       {^port, {:exit_status, status}} -> {:exit, status, acc |> Enum.reverse() |> Enum.join("\n")}
     after

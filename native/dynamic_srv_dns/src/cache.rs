@@ -65,6 +65,41 @@ pub enum Cached {
     Miss,
 }
 
+/// One cache entry as the diagnosis shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    pub node: String,
+    pub family: Family,
+    pub endpoint: SocketAddr,
+    /// Time left before the entry expires; `None` once expired.
+    pub fresh_for: Option<Duration>,
+    /// For an expired entry, how much longer it may be served while DNS fails; `None` while
+    /// fresh, and also once it is past its stale window (then it is never served again).
+    pub stale_for: Option<Duration>,
+    /// How long ago the last refresh of this entry failed, if it did.
+    pub failed_ago: Option<Duration>,
+}
+
+impl EntryView {
+    /// `fresh`, `stale` (expired, served only while DNS fails) or `dead` (past the window).
+    pub fn state(&self) -> &'static str {
+        match (self.fresh_for, self.stale_for) {
+            (Some(_), _) => "fresh",
+            (None, Some(_)) => "stale",
+            (None, None) => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub entries: Vec<EntryView>,
+    /// Entries in the cache, including those past `limit`.
+    pub total: usize,
+    /// How long ago a lookup last failed, `None` if DNS answered since.
+    pub dns_failed_ago: Option<Duration>,
+}
+
 #[derive(Debug)]
 pub struct Cache {
     entries: Mutex<HashMap<(String, Family), Entry>>,
@@ -204,6 +239,39 @@ impl Cache {
             .map(|(_, entry)| entry.endpoint.port())
     }
 
+    /// Up to `limit` entries, sorted by name, as the diagnosis shows them, and how long ago
+    /// DNS last failed while that failure still counts as an outage.
+    pub fn snapshot(&self, limit: usize, now: Instant) -> Snapshot {
+        let dns_failed_ago = match self.dns_failed_at.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(now.saturating_duration_since(self.epoch + Duration::from_nanos(nanos))),
+        };
+        let entries = self.lock();
+        let mut views: Vec<EntryView> = entries
+            .iter()
+            .map(|((key, family), entry)| EntryView {
+                node: key.clone(),
+                family: *family,
+                endpoint: entry.endpoint,
+                fresh_for: entry.fresh_until.checked_duration_since(now),
+                stale_for: if now < entry.fresh_until {
+                    None
+                } else {
+                    entry.stale_until.checked_duration_since(now)
+                },
+                failed_ago: entry.failed_at.map(|at| now.saturating_duration_since(at)),
+            })
+            .collect();
+        let total = views.len();
+        views.sort_by(|a, b| (&a.node, a.family.label()).cmp(&(&b.node, b.family.label())));
+        views.truncate(limit);
+        Snapshot {
+            entries: views,
+            total,
+            dns_failed_ago,
+        }
+    }
+
     pub fn entry(&self, key: &str, family: Family) -> Option<Entry> {
         self.lock().get(&(key.to_string(), family)).cloned()
     }
@@ -335,5 +403,34 @@ mod tests {
         assert_eq!(cache.port_for("APP", addr(0).ip()), Some(4370));
         assert_eq!(cache.port_for("ap", addr(0).ip()), None);
         assert_eq!(cache.port_for("app", "127.0.0.2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn snapshot_shows_remaining_ttl_stale_window_and_failures() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.insert("b@h", Family::Inet, addr(2), 10 * SEC, 60 * SEC, t0);
+        cache.insert("a@h", Family::Inet6, addr(1), SEC, 60 * SEC, t0);
+        cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0);
+        cache.fail("a@h", Family::Inet6, t0 + 2 * SEC);
+        cache.note_dns_failure(t0 + 2 * SEC);
+        let now = t0 + 4 * SEC;
+        let snapshot = cache.snapshot(10, now);
+        assert_eq!(snapshot.total, 3);
+        assert_eq!(snapshot.dns_failed_ago, Some(2 * SEC));
+        let [a, b, c] = &snapshot.entries[..] else {
+            panic!("{snapshot:?}")
+        };
+        assert_eq!((a.node.as_str(), a.state()), ("a@h", "stale"));
+        assert_eq!(a.stale_for, Some(57 * SEC));
+        assert_eq!(a.failed_ago, Some(2 * SEC));
+        assert_eq!((b.node.as_str(), b.state()), ("b@h", "fresh"));
+        assert_eq!(b.fresh_for, Some(6 * SEC));
+        assert_eq!(b.failed_ago, None);
+        assert_eq!((c.node.as_str(), c.state()), ("c@h", "dead"));
+        assert_eq!(cache.snapshot(1, now).entries.len(), 1);
+        assert_eq!(cache.snapshot(1, now).total, 3);
+        cache.note_dns_answer();
+        assert_eq!(cache.snapshot(1, now).dns_failed_ago, None);
     }
 }

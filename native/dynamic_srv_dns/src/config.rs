@@ -142,6 +142,79 @@ impl Config {
     }
 }
 
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The environment variable was set (and is shown with its raw value).
+    Env,
+    /// The variable was unset; the built-in default applies.
+    Default,
+}
+
+/// One variable as the diagnosis shows it: raw value, effective value or why it is invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub var: &'static str,
+    /// The variable's value exactly as set, `None` when unset.
+    pub raw: Option<String>,
+    /// The value in effect, in words (`"3000 ms"`), or the message distribution refuses
+    /// to start with.
+    pub effective: Result<String, String>,
+}
+
+impl Setting {
+    pub fn source(&self) -> Source {
+        if self.raw.is_some() {
+            Source::Env
+        } else {
+            Source::Default
+        }
+    }
+}
+
+/// Every variable with its source and effective value. Unlike `Config::from_env` this never
+/// fails: each variable is judged on its own, so one bad value does not hide the others.
+pub fn settings(get: impl Fn(&str) -> Option<String>) -> Vec<Setting> {
+    let mode = get(PORT_MODE).map_or(Ok(PortMode::Srv), |v| parse_port_mode(&v));
+    VARIABLES
+        .iter()
+        .map(|&var| {
+            let raw = get(var);
+            let only_this = |k: &str| (k == var).then(|| raw.clone()).flatten();
+            let effective = match var {
+                ERL_DIST_PORT => match (&raw, mode.clone()) {
+                    (Some(value), _) => parse_port(var, value).map(|port| port.to_string()),
+                    (None, Ok(PortMode::Name)) => {
+                        Ok("not set (not needed: DYNAMIC_SRV_PORT_MODE=name)".to_string())
+                    }
+                    (None, Ok(mode)) => Err(ConfigError::MissingPort { var, mode }),
+                    (None, Err(_)) => Ok("not set".to_string()),
+                },
+                PORT_MODE => mode.clone().map(|mode| mode.to_string()),
+                _ => Config::discovery_from_env(only_this).map(|config| match var {
+                    NAMESERVERS if config.nameservers.is_empty() => {
+                        "the system resolver (/etc/resolv.conf)".to_string()
+                    }
+                    NAMESERVERS => config
+                        .nameservers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    LOOKUP_TIMEOUT_MS => format!("{} ms", config.lookup_timeout.as_millis()),
+                    MIN_TTL_MS => format!("{} ms", config.min_ttl.as_millis()),
+                    _ => format!("{} s", config.max_stale.as_secs()),
+                }),
+            };
+            Setting {
+                var,
+                raw,
+                effective: effective.map_err(|e| e.to_string()),
+            }
+        })
+        .collect()
+}
+
 pub fn parse_port(var: &'static str, value: &str) -> Result<u16, ConfigError> {
     let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse::<u16>() {
@@ -348,5 +421,69 @@ mod tests {
                 .contains("DYNAMIC_SRV_LOOKUP_TIMEOUT_MS=\"5\""),
             "{err}"
         );
+    }
+
+    fn setting<'a>(settings: &'a [Setting], var: &str) -> &'a Setting {
+        settings.iter().find(|s| s.var == var).unwrap()
+    }
+
+    #[test]
+    fn settings_name_source_raw_and_effective_values() {
+        let env: HashMap<&str, &str> = [
+            (ERL_DIST_PORT, "4370"),
+            (NAMESERVERS, "127.0.0.1:8600"),
+            (LOOKUP_TIMEOUT_MS, "250"),
+        ]
+        .into();
+        let all = settings(|k| env.get(k).map(|v| v.to_string()));
+        assert_eq!(all.len(), VARIABLES.len());
+        let port = setting(&all, ERL_DIST_PORT);
+        assert_eq!(port.source(), Source::Env);
+        assert_eq!(port.raw.as_deref(), Some("4370"));
+        assert_eq!(port.effective, Ok("4370".to_string()));
+        let timeout = setting(&all, LOOKUP_TIMEOUT_MS);
+        assert_eq!(timeout.effective, Ok("250 ms".to_string()));
+        let mode = setting(&all, PORT_MODE);
+        assert_eq!(mode.source(), Source::Default);
+        assert_eq!(mode.effective, Ok("srv".to_string()));
+        assert_eq!(
+            setting(&all, MAX_STALE_S).effective,
+            Ok("3600 s".to_string())
+        );
+        assert_eq!(
+            setting(&all, NAMESERVERS).effective,
+            Ok("127.0.0.1:8600".to_string())
+        );
+    }
+
+    #[test]
+    fn settings_judge_each_variable_alone() {
+        let env: HashMap<&str, &str> = [(MIN_TTL_MS, "soon"), (NAMESERVERS, "x")].into();
+        let all = settings(|k| env.get(k).map(|v| v.to_string()));
+        let port = setting(&all, ERL_DIST_PORT);
+        assert!(
+            port.effective
+                .as_ref()
+                .unwrap_err()
+                .contains("ERL_DIST_PORT is not set"),
+            "{port:?}"
+        );
+        assert!(setting(&all, MIN_TTL_MS)
+            .effective
+            .as_ref()
+            .unwrap_err()
+            .contains("DYNAMIC_SRV_MIN_TTL_MS=\"soon\""));
+        assert!(setting(&all, NAMESERVERS).effective.is_err());
+        // The bad values do not hide the good defaults.
+        assert_eq!(
+            setting(&all, LOOKUP_TIMEOUT_MS).effective,
+            Ok("3000 ms".to_string())
+        );
+        let name_mode = settings(|k| (k == PORT_MODE).then(|| "name".to_string()));
+        assert!(setting(&name_mode, ERL_DIST_PORT)
+            .effective
+            .as_ref()
+            .unwrap()
+            .contains("not needed"));
     }
 }

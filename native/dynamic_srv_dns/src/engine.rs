@@ -9,12 +9,13 @@ use crate::cache::{Cache, Cached, Family};
 use crate::config::{Config, PortMode};
 use crate::error::{ConfigError, LookupError, NameError};
 use crate::naming::NodeName;
+use crate::outage::{OutageTracker, Transition};
 use crate::resolver::Dns;
 use crate::srv;
 
 /// How a peer's endpoint is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Plan {
+pub enum Plan {
     /// Known without DNS: an IP-literal host and a port from the name or the config.
     Direct(SocketAddr),
     /// SRV query on this name; port and (usually) address from its answer.
@@ -30,6 +31,8 @@ pub struct Engine {
     /// When this node is a release helper, the node it serves; set once at listen time so
     /// the cache-hit path only compares names.
     served_by_helper: RwLock<Option<NodeName>>,
+    /// So a DNS outage is logged once, not once per failing lookup.
+    outage: OutageTracker,
 }
 
 impl Engine {
@@ -44,6 +47,7 @@ impl Engine {
             dns,
             cache,
             served_by_helper: RwLock::new(None),
+            outage: OutageTracker::default(),
         })
     }
 
@@ -122,27 +126,69 @@ impl Engine {
         match found {
             Ok((endpoint, ttl)) => {
                 self.cache.note_dns_answer();
+                self.log_answered(now);
                 let hold = Duration::from_secs(ttl.into()).max(self.config.min_ttl);
                 self.cache
                     .insert(&key, family, endpoint, hold, self.config.max_stale, now);
-                tracing::debug!(node = %node, %endpoint, ttl, "resolved");
+                tracing::debug!(node = %node, %endpoint, ttl, "{node} resolved to {endpoint}");
                 Ok(endpoint)
             }
             Err(error) if error.is_authoritative_absence() => {
+                // DNS answered: whatever outage there was is over.
+                self.log_answered(now);
                 self.cache.remove(&key, family);
-                tracing::debug!(node = %node, %error, "not in DNS");
+                tracing::debug!(node = %node, reason = error.reason(), "{node} is not in DNS: {error}");
                 Err(error)
             }
             Err(error) => {
                 self.cache.note_dns_failure(now);
-                match self.cache.fail(&key, family, now) {
-                    Some(stale) => {
-                        tracing::warn!(node = %node, %error, endpoint = %stale, "DNS failed, using the last known address");
-                        Ok(stale)
-                    }
-                    None => Err(error),
-                }
+                let stale = self.cache.fail(&key, family, now);
+                self.log_failed(&node, &error, stale, now);
+                stale.ok_or(error)
             }
+        }
+    }
+
+    fn log_failed(
+        &self,
+        node: &NodeName,
+        error: &LookupError,
+        stale: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        let nameservers = self.dns.servers_text();
+        let fallback = match stale {
+            Some(endpoint) => format!("using the last known address {endpoint}"),
+            None => "no cached address to fall back on".to_string(),
+        };
+        match self.outage.failed(now) {
+            Transition::Started => tracing::warn!(
+                node = %node,
+                reason = error.reason(),
+                %nameservers,
+                "DNS lookups failing (nameservers {nameservers}): {error}; {fallback}. \
+                 Further failures are logged at debug level until DNS answers again"
+            ),
+            Transition::Ongoing { failures } => tracing::debug!(
+                node = %node,
+                reason = error.reason(),
+                failures,
+                "DNS still failing ({failures} failed lookups): {error}; {fallback}"
+            ),
+            Transition::Healthy | Transition::Ended { .. } => {}
+        }
+    }
+
+    fn log_answered(&self, now: Instant) {
+        if let Transition::Ended { failures, lasted } = self.outage.answered(now) {
+            let nameservers = self.dns.servers_text();
+            tracing::info!(
+                failures,
+                lasted_ms = lasted.as_millis() as u64,
+                %nameservers,
+                "DNS answers again (nameservers {nameservers}) after {failures} failed lookups over {:.1} s",
+                lasted.as_secs_f64()
+            );
         }
     }
 
@@ -161,7 +207,7 @@ impl Engine {
         }
     }
 
-    fn plan(&self, node: &NodeName, family: Family) -> Result<Plan, NameError> {
+    pub fn plan(&self, node: &NodeName, family: Family) -> Result<Plan, NameError> {
         // A release helper dials out and is never dialed: it listens on a random port, and the
         // port its name or ERL_DIST_PORT suggests belongs to the node it serves. A node asks
         // for one only after it quit (OTP reconnecting after a `bin/app remote` session), so

@@ -4,11 +4,14 @@
 
 pub mod cache;
 pub mod config;
+pub mod diagnosis;
 pub mod engine;
 pub mod error;
+pub mod log_events;
 pub mod membership;
 pub mod naming;
 pub mod node_naming;
+pub mod outage;
 pub mod resolver;
 pub mod srv;
 pub mod topology;

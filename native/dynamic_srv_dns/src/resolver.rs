@@ -49,6 +49,10 @@ impl SrvAnswer {
 
 pub struct Dns {
     resolver: TokioResolver,
+    /// The servers asked, for messages: "nothing answered at 127.0.0.1:8600".
+    servers: Vec<SocketAddr>,
+    /// True when `servers` came from /etc/resolv.conf rather than DYNAMIC_SRV_NAMESERVERS.
+    from_system: bool,
 }
 
 impl Dns {
@@ -78,13 +82,46 @@ impl Dns {
         opts.attempts = 1;
         opts.edns0 = true;
         opts.use_hosts_file = ResolveHosts::Always;
+        let servers = config
+            .name_servers()
+            .iter()
+            .flat_map(|server| {
+                server
+                    .connections
+                    .first()
+                    .map(|c| SocketAddr::new(server.ip, c.port))
+            })
+            .collect();
         let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
             .map_err(|e| ConfigError::SystemResolver {
                 detail: e.to_string(),
             })?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            servers,
+            from_system: nameservers.is_empty(),
+        })
+    }
+
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
+    /// True when the servers come from /etc/resolv.conf.
+    pub fn from_system_config(&self) -> bool {
+        self.from_system
+    }
+
+    /// The servers as an operator reads them: `127.0.0.1:8600, [::1]:53`.
+    pub fn servers_text(&self) -> String {
+        let list: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        match (list.is_empty(), self.from_system) {
+            (true, _) => "no nameserver (resolv.conf lists none)".to_string(),
+            (false, true) => format!("{} (from /etc/resolv.conf)", list.join(", ")),
+            (false, false) => list.join(", "),
+        }
     }
 
     pub async fn srv(&self, name: &str) -> Result<SrvAnswer, LookupError> {

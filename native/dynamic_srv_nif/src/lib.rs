@@ -10,20 +10,26 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dynamic_srv_dns::config::{parse_nameservers, NAMESERVERS, VARIABLES};
+use dynamic_srv_dns::config::{parse_nameservers, settings, Source, NAMESERVERS, VARIABLES};
+use dynamic_srv_dns::diagnosis::{Diagnoser, NodeCheck, Probe};
 use dynamic_srv_dns::resolver::SrvRecord;
 use dynamic_srv_dns::{
     Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, Topology, TopologyConfig,
 };
 use rustler::types::tuple::{get_tuple, make_tuple};
-use rustler::{Atom, Encoder, Env, Error, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
+use rustler::{
+    Atom, Encoder, Env, Error, LocalPid, NifMap, NifResult, OwnedEnv, ResourceArc, Term,
+};
 use tokio::runtime::Runtime;
+
+mod log;
 
 mod atoms {
     rustler::atoms! {
         ok, error, miss, inet, inet6, noport, runtime_unavailable,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
+        env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
 
@@ -48,6 +54,7 @@ fn runtime() -> Result<&'static Runtime, String> {
                 .thread_name("dynamic_srv_dns")
                 .enable_all()
                 .build()
+                .inspect(log::install)
                 .map_err(|e| format!("cannot start the DNS runtime thread: {e}"))
         })
         .as_ref()
@@ -285,6 +292,307 @@ fn topology_members(topology: ResourceArc<TopologyResource>) -> Vec<String> {
     topology.0.members()
 }
 
+// --- Logging ------------------------------------------------------------------------------
+
+/// Every `tracing` event goes to `pid` from now on (events from before are delivered first).
+#[rustler::nif]
+fn set_log_forwarder(pid: LocalPid) -> Atom {
+    log::set_forwarder(pid);
+    atoms::ok()
+}
+
+#[derive(NifMap)]
+struct LogStats {
+    /// Events dropped because the DNS thread fell behind.
+    queue_full: u64,
+    /// Events dropped from the backlog kept while no forwarder was registered.
+    backlog_dropped: u64,
+    backlog: u64,
+    forwarder: bool,
+}
+
+#[rustler::nif]
+fn log_stats() -> LogStats {
+    let stats = log::stats();
+    LogStats {
+        queue_full: stats.queue_full,
+        backlog_dropped: stats.backlog_dropped,
+        backlog: stats.backlog,
+        forwarder: stats.forwarder,
+    }
+}
+
+/// Emits one event through the same path as every other; for checking the log setup.
+#[rustler::nif]
+fn log_probe(level: Atom, message: String) -> NifResult<Atom> {
+    if level == atoms::error_level() {
+        tracing::error!(probe = true, "{message}");
+    } else if level == atoms::warning() {
+        tracing::warn!(probe = true, "{message}");
+    } else if level == atoms::info() {
+        tracing::info!(probe = true, "{message}");
+    } else if level == atoms::debug() {
+        tracing::debug!(probe = true, "{message}");
+    } else {
+        tracing::trace!(probe = true, "{message}");
+    }
+    Ok(atoms::ok())
+}
+
+// --- Diagnosis ----------------------------------------------------------------------------
+
+#[derive(NifMap)]
+struct SettingView {
+    variable: String,
+    raw: Option<String>,
+    source: Atom,
+    value: Option<String>,
+    error: Option<String>,
+}
+
+/// Each variable: its raw value, whether it came from the environment or the default, and
+/// its effective value or why it is invalid.
+#[rustler::nif]
+fn config_settings(vars: HashMap<String, String>) -> Vec<SettingView> {
+    settings(|var| vars.get(var).cloned())
+        .into_iter()
+        .map(|setting| SettingView {
+            variable: setting.var.to_string(),
+            source: match setting.source() {
+                Source::Env => atoms::env(),
+                Source::Default => atoms::default(),
+            },
+            raw: setting.raw,
+            value: setting.effective.clone().ok(),
+            error: setting.effective.err(),
+        })
+        .collect()
+}
+
+#[derive(NifMap)]
+struct EntryView {
+    node: String,
+    family: Atom,
+    endpoint: String,
+    state: String,
+    fresh_for_ms: Option<u64>,
+    stale_for_ms: Option<u64>,
+    failed_ago_ms: Option<u64>,
+}
+
+#[derive(NifMap)]
+struct SnapshotView {
+    entries: Vec<EntryView>,
+    total: usize,
+    dns_failed_ago_ms: Option<u64>,
+}
+
+/// Up to `limit` entries of the shared address cache, sorted by node name.
+#[rustler::nif]
+fn cache_snapshot(limit: usize) -> SnapshotView {
+    let millis = |d: Duration| d.as_millis() as u64;
+    let snapshot = shared_cache().snapshot(limit, Instant::now());
+    SnapshotView {
+        entries: snapshot
+            .entries
+            .into_iter()
+            .map(|entry| EntryView {
+                state: entry.state().to_string(),
+                node: entry.node,
+                family: match entry.family {
+                    Family::Inet => atoms::inet(),
+                    Family::Inet6 => atoms::inet6(),
+                },
+                endpoint: entry.endpoint.to_string(),
+                fresh_for_ms: entry.fresh_for.map(millis),
+                stale_for_ms: entry.stale_for.map(millis),
+                failed_ago_ms: entry.failed_ago.map(millis),
+            })
+            .collect(),
+        total: snapshot.total,
+        dns_failed_ago_ms: snapshot.dns_failed_ago.map(millis),
+    }
+}
+
+struct DiagnoserResource(Arc<Diagnoser>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for DiagnoserResource {}
+
+/// A resolver configured from `vars` (with `nameservers` instead of DYNAMIC_SRV_NAMESERVERS
+/// when given) and its own empty cache. `own_node` is this node's name, so a release helper
+/// is diagnosed as one.
+#[rustler::nif]
+fn diagnoser_new(
+    env: Env<'_>,
+    vars: HashMap<String, String>,
+    nameservers: Option<String>,
+    own_node: Option<String>,
+) -> Term<'_> {
+    let build = || -> Result<ResourceArc<DiagnoserResource>, String> {
+        let get = |var: &str| match (&nameservers, var) {
+            (Some(list), NAMESERVERS) => Some(list.clone()),
+            _ => vars.get(var).cloned(),
+        };
+        let runtime = runtime()?;
+        let _context = runtime.enter();
+        let diagnoser = Diagnoser::new(get).map_err(|e| e.to_string())?;
+        if let Some(node) = &own_node {
+            diagnoser.note_own_name(node);
+        }
+        Ok(ResourceArc::new(DiagnoserResource(Arc::new(diagnoser))))
+    };
+    build().encode(env)
+}
+
+#[derive(NifMap)]
+struct DiagnoserInfo {
+    nameservers: String,
+    port_mode: String,
+    dist_port: Option<u16>,
+    lookup_timeout_ms: u64,
+}
+
+#[rustler::nif]
+fn diagnoser_info(diagnoser: ResourceArc<DiagnoserResource>) -> DiagnoserInfo {
+    let config = diagnoser.0.config();
+    DiagnoserInfo {
+        nameservers: diagnoser.0.servers_text(),
+        port_mode: config.port_mode.to_string(),
+        dist_port: config.dist_port,
+        lookup_timeout_ms: config.lookup_timeout.as_millis() as u64,
+    }
+}
+
+#[derive(NifMap)]
+struct FailureView {
+    reason: String,
+    message: String,
+    fix: String,
+}
+
+#[derive(NifMap)]
+struct ProbeView {
+    name: String,
+    record_type: String,
+    elapsed_us: u64,
+    answers: Vec<String>,
+    failure: Option<FailureView>,
+}
+
+impl From<Probe> for ProbeView {
+    fn from(probe: Probe) -> Self {
+        let (answers, failure) = match probe.outcome {
+            Ok(answers) => (answers, None),
+            Err(failure) => (
+                Vec::new(),
+                Some(FailureView {
+                    reason: failure.reason.to_string(),
+                    message: failure.message,
+                    fix: failure.fix,
+                }),
+            ),
+        };
+        Self {
+            name: probe.name,
+            record_type: probe.record_type.to_string(),
+            elapsed_us: probe.elapsed.as_micros() as u64,
+            answers,
+            failure,
+        }
+    }
+}
+
+#[derive(NifMap)]
+struct ProblemView {
+    what: String,
+    fix: String,
+}
+
+#[derive(NifMap)]
+struct NodeCheckView {
+    node: String,
+    how: String,
+    probes: Vec<ProbeView>,
+    endpoint: Option<String>,
+    problems: Vec<ProblemView>,
+}
+
+impl From<NodeCheck> for NodeCheckView {
+    fn from(check: NodeCheck) -> Self {
+        Self {
+            node: check.node,
+            how: check.how,
+            probes: check.probes.into_iter().map(ProbeView::from).collect(),
+            endpoint: check.endpoint.map(|e| e.to_string()),
+            problems: check
+                .problems
+                .into_iter()
+                .map(|p| ProblemView {
+                    what: p.what,
+                    fix: p.fix,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Looks `node` up as `address_please` would, off-scheduler; `pid` later receives
+/// `{tag, check}`. `listen_port` (this node's own) also checks the advertised port.
+#[rustler::nif]
+fn diagnose_node<'a>(
+    env: Env<'a>,
+    diagnoser: ResourceArc<DiagnoserResource>,
+    node: String,
+    family: Atom,
+    listen_port: Option<u16>,
+    pid: LocalPid,
+    tag: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let family = decode_family(family)?;
+    let diagnoser = diagnoser.0.clone();
+    let work = async move {
+        Some(NodeCheckView::from(
+            diagnoser.check_node(&node, family, listen_port).await,
+        ))
+    };
+    Ok(reply_later(env, pid, tag, work, |env, check| {
+        check.encode(env)
+    }))
+}
+
+/// One timed query (`:srv`, `:a` or `:aaaa`) off-scheduler; `pid` later receives `{tag, probe}`.
+#[rustler::nif]
+fn diagnose_query<'a>(
+    env: Env<'a>,
+    diagnoser: ResourceArc<DiagnoserResource>,
+    kind: Atom,
+    name: String,
+    pid: LocalPid,
+    tag: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let family = if kind == atoms::srv() {
+        None
+    } else if kind == atoms::a() {
+        Some(Family::Inet)
+    } else if kind == atoms::aaaa() {
+        Some(Family::Inet6)
+    } else {
+        return Err(Error::BadArg);
+    };
+    let diagnoser = diagnoser.0.clone();
+    let work = async move {
+        let probe = match family {
+            None => diagnoser.probe_srv(&name).await.0,
+            Some(family) => diagnoser.probe_addresses(&name, family).await.0,
+        };
+        Some(ProbeView::from(probe))
+    };
+    Ok(reply_later(env, pid, tag, work, |env, probe| {
+        probe.encode(env)
+    }))
+}
+
 fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
     let change = &poll.change;
     let pairs = [
@@ -347,4 +655,11 @@ fn decode_ip(term: Term) -> NifResult<IpAddr> {
     }
 }
 
-rustler::init!("Elixir.DynamicSrv.Native");
+/// Starts the DNS thread and the log subscriber as soon as the library loads, so events
+/// from the very first lookup reach the backlog.
+fn on_load(_env: Env, _info: Term) -> bool {
+    let _ = runtime();
+    true
+}
+
+rustler::init!("Elixir.DynamicSrv.Native", load = on_load);

@@ -1,0 +1,626 @@
+defmodule DynamicSrv.Diagnosis do
+  @moduledoc """
+  Collects and words what `DynamicSrv.diagnose/1` and `mix dynamic_srv.doctor` print.
+
+      # on a running release (prints on your terminal)
+      bin/my_app rpc "DynamicSrv.diagnose()"
+      # before starting it, with the same environment
+      mix dynamic_srv.doctor --node a@my-app.service.consul --service my-app.service.consul
+
+  `run/1` gathers a report: the configuration with the source of each value, this node's
+  name, port and mode, what DNS answers (each answer timed) for this node, the services
+  `DynamicSrv.Cluster` polls and every peer, the address cache, and every problem with its
+  likely fix. `format/1` turns it into plain lines. DNS queries run on the library's DNS
+  thread with a private cache: a diagnosis never changes what the node answers from.
+  """
+
+  alias DynamicSrv.{Epmd, LogForwarder, Native}
+
+  @max_peers 20
+  @max_cache_entries 50
+
+  @typedoc "What `run/1` returns; `format/1` words it."
+  @type report :: %{
+          settings: [map()],
+          node: map(),
+          nameservers: String.t() | nil,
+          self_check: map() | nil,
+          services: [map()],
+          peers: [map()],
+          peers_not_checked: non_neg_integer(),
+          cache: map(),
+          log: map(),
+          problems: [%{what: String.t(), fix: String.t()}]
+        }
+
+  @doc """
+  Gathers the report. Options:
+
+    * `:node` — the node name to diagnose as (default `node()`; for `mix dynamic_srv.doctor`
+      on a machine where the node is not running).
+    * `:services` — SRV names to query, besides those of running `DynamicSrv.Cluster`s.
+    * `:peers` — more node names to look up, besides connected nodes and cluster members.
+    * `:nameservers` — override `DYNAMIC_SRV_NAMESERVERS` for this diagnosis.
+    * `:family` — `:inet` or `:inet6` (default: from `-proto_dist`).
+    * `:env` — the environment variables as a map (default: this OS process's).
+  """
+  @spec run(keyword()) :: report()
+  def run(opts \\ []) do
+    case Native.load() do
+      :ok ->
+        LogForwarder.ensure_started()
+        collect(opts)
+
+      {:error, message} ->
+        %{empty_report() | problems: [%{what: message, fix: "run `mix compile` (needs cargo)"}]}
+    end
+  end
+
+  defp empty_report do
+    %{
+      settings: [],
+      node: %{},
+      nameservers: nil,
+      self_check: nil,
+      services: [],
+      peers: [],
+      peers_not_checked: 0,
+      cache: %{entries: [], total: 0, dns_failed_ago_ms: nil},
+      log: %{},
+      problems: []
+    }
+  end
+
+  defp collect(opts) do
+    env = Keyword.get_lazy(opts, :env, &Native.environment/0)
+    settings = Native.config_settings(env)
+    me = to_string(Keyword.get(opts, :node, node()))
+    family = Keyword.get_lazy(opts, :family, &dist_family/0)
+    this = this_node(me, env, family)
+
+    own = if this.distributed?, do: me, else: nil
+    diagnoser = Native.diagnoser_new(env, Keyword.get(opts, :nameservers), own)
+    clusters = running_clusters()
+
+    {nameservers, self_check, services, peers, skipped, dns_problems} =
+      case diagnoser do
+        {:ok, diagnoser} ->
+          info = Native.diagnoser_info(diagnoser)
+          self_check = check_self(diagnoser, this, family)
+          services = check_services(diagnoser, env, clusters, opts)
+          {peers, skipped} = check_peers(diagnoser, me, clusters, opts, family, info)
+          {info.nameservers, self_check, services, peers, skipped, []}
+
+        {:error, message} ->
+          {nil, nil, [], [], 0,
+           [%{what: "cannot query DNS: #{message}", fix: "fix the variable named above"}]}
+      end
+
+    report = %{
+      settings: settings,
+      node: Map.put(this, :nameservers_override, Keyword.get(opts, :nameservers)),
+      nameservers: nameservers,
+      self_check: self_check,
+      services: services,
+      peers: peers,
+      peers_not_checked: skipped,
+      cache: Native.cache_snapshot(@max_cache_entries),
+      log: Native.log_stats(),
+      problems: []
+    }
+
+    %{
+      report
+      | problems:
+          uniq(
+            setting_problems(settings) ++
+              node_problems(this) ++
+              dns_problems ++ probe_problems(report)
+          )
+    }
+  end
+
+  defp uniq(problems), do: Enum.uniq_by(problems, & &1.what)
+
+  # --- this node ---------------------------------------------------------------------------
+
+  defp this_node(me, env, family) do
+    distributed? = me != "nonode@nohost"
+    registered = registered_port(me)
+    expected = expected_port(me, env)
+
+    %{
+      name: me,
+      distributed?: distributed?,
+      running?: Node.alive?() and to_string(node()) == me,
+      epmd_module: if(Node.alive?(), do: :net_kernel.epmd_module(), else: nil),
+      family: family,
+      mode: Map.get(env, "DYNAMIC_SRV_PORT_MODE", "srv") |> String.downcase(),
+      listen_port: registered || expected,
+      port_registered?: registered != nil
+    }
+  end
+
+  defp registered_port(me) do
+    case Epmd.names() do
+      {:ok, [{name, port}]} ->
+        if String.starts_with?(me, "#{name}@"), do: port, else: nil
+
+      _ ->
+        nil
+    end
+  end
+
+  # The port this node would listen on with this environment, when it is not running.
+  defp expected_port("nonode@nohost", _env), do: nil
+
+  defp expected_port(me, env) do
+    with {:ok, engine} <- Native.configure(env),
+         {:ok, port} <- Native.listen_port(engine, me) do
+      port
+    else
+      _ -> nil
+    end
+  end
+
+  defp dist_family do
+    case :init.get_argument(:proto_dist) do
+      {:ok, [[proto | _] | _]} -> if List.starts_with?(proto, ~c"inet6"), do: :inet6, else: :inet
+      _ -> :inet
+    end
+  end
+
+  defp check_self(_diagnoser, %{distributed?: false}, _family), do: nil
+
+  defp check_self(diagnoser, this, family) do
+    port = if this.listen_port && this.listen_port > 0, do: this.listen_port, else: nil
+
+    check = await_node(diagnoser, this.name, family, port)
+    Map.put(check, :local_address?, local_address?(check.endpoint))
+  end
+
+  # Whether an "ip:port" from DNS is an address of this host; nil when unknown.
+  defp local_address?(nil), do: nil
+
+  defp local_address?(endpoint) do
+    with [_, ip_text] <- Regex.run(~r/^\[?(.*?)\]?:\d+$/, endpoint),
+         {:ok, ip} <- :inet.parse_address(String.to_charlist(ip_text)),
+         {:ok, interfaces} <- :inet.getifaddrs() do
+      match?({127, _, _, _}, ip) or
+        Enum.any?(interfaces, fn {_name, opts} -> {:addr, ip} in opts end)
+    else
+      _ -> nil
+    end
+  end
+
+  # --- services ----------------------------------------------------------------------------
+
+  # DynamicSrv.Cluster processes found by their initial call; their state says which service
+  # they poll, with which nameservers, and what the members are.
+  defp running_clusters do
+    for pid <- Process.list(),
+        {:dictionary, dict} <- [Process.info(pid, :dictionary)],
+        dict[:"$initial_call"] == {DynamicSrv.Cluster, :init, 1},
+        state = cluster_state(pid),
+        state != nil,
+        do: state
+  end
+
+  defp cluster_state(pid) do
+    state = :sys.get_state(pid, 1_000)
+
+    %{
+      service: state.options.service,
+      nameservers: state.options.nameservers,
+      naming: state.options.node_naming,
+      ip_family: state.options.ip_family,
+      members: Enum.map(state.members, &Atom.to_string/1)
+    }
+  catch
+    _, _ -> nil
+  end
+
+  defp check_services(diagnoser, env, clusters, opts) do
+    from_clusters =
+      for cluster <- clusters do
+        kind =
+          case cluster.naming do
+            {:basename_ip, _} -> if cluster.ip_family == :inet6, do: :aaaa, else: :a
+            _ -> :srv
+          end
+
+        d =
+          case cluster.nameservers do
+            nil -> {:ok, diagnoser}
+            list -> Native.diagnoser_new(env, list, nil)
+          end
+
+        %{
+          service: cluster.service,
+          source: "polled by DynamicSrv.Cluster",
+          members: cluster.members,
+          probe: probe(d, kind, cluster.service)
+        }
+      end
+
+    asked =
+      for service <- List.wrap(Keyword.get(opts, :services, [])),
+          service not in Enum.map(clusters, & &1.service) do
+        %{
+          service: service,
+          source: "asked for",
+          members: nil,
+          probe: probe({:ok, diagnoser}, :srv, service)
+        }
+      end
+
+    from_clusters ++ asked
+  end
+
+  defp probe({:ok, diagnoser}, kind, name) do
+    tag = make_ref()
+    :ok = Native.diagnose_query(diagnoser, kind, name, self(), tag)
+    await(tag, Native.diagnoser_info(diagnoser).lookup_timeout_ms, fn -> lost(name) end)
+  end
+
+  defp probe({:error, message}, kind, name) do
+    %{
+      name: name,
+      record_type: kind |> Atom.to_string() |> String.upcase(),
+      elapsed_us: 0,
+      answers: [],
+      failure: %{reason: "invalid_config", message: message, fix: "fix the cluster's nameservers"}
+    }
+  end
+
+  defp lost(name) do
+    %{
+      name: name,
+      record_type: "?",
+      elapsed_us: 0,
+      answers: [],
+      failure: %{
+        reason: "no_reply",
+        message: "no reply from the DNS thread",
+        fix: "the DNS thread is stuck or overloaded; check the node's CPU"
+      }
+    }
+  end
+
+  # --- peers -------------------------------------------------------------------------------
+
+  defp check_peers(diagnoser, me, clusters, opts, family, info) do
+    connected = Enum.map(Node.list(), &Atom.to_string/1)
+    members = Enum.flat_map(clusters, & &1.members)
+    asked = Enum.map(List.wrap(Keyword.get(opts, :peers, [])), &to_string/1)
+    all = Enum.uniq(asked ++ connected ++ members) -- [me]
+    {checked, rest} = Enum.split(all, @max_peers)
+
+    # All at once: the DNS thread runs them concurrently, so one dead peer costs one timeout.
+    tags =
+      for peer <- checked do
+        tag = make_ref()
+        :ok = Native.diagnose_node(diagnoser, peer, family, nil, self(), tag)
+        {peer, tag}
+      end
+
+    peers =
+      for {peer, tag} <- tags do
+        check = await(tag, info.lookup_timeout_ms, fn -> lost_node(peer) end)
+
+        Map.merge(check, %{
+          connected?: peer in connected,
+          member?: peer in members
+        })
+      end
+
+    {peers, length(rest)}
+  end
+
+  defp await_node(diagnoser, node, family, listen_port) do
+    tag = make_ref()
+    :ok = Native.diagnose_node(diagnoser, node, family, listen_port, self(), tag)
+    await(tag, Native.diagnoser_info(diagnoser).lookup_timeout_ms, fn -> lost_node(node) end)
+  end
+
+  defp lost_node(node) do
+    %{node: node, how: "?", probes: [lost(node)], endpoint: nil, problems: []}
+  end
+
+  # A node check makes up to two bounded queries.
+  defp await(tag, timeout_ms, on_timeout) do
+    receive do
+      {^tag, result} -> result
+    after
+      2 * timeout_ms + 2_000 -> on_timeout.()
+    end
+  end
+
+  # --- problems ----------------------------------------------------------------------------
+
+  defp setting_problems(settings) do
+    for %{error: error, variable: var} <- settings, error != nil do
+      %{what: error, fix: setting_fix(var, error)}
+    end
+  end
+
+  defp setting_fix("ERL_DIST_PORT", error) do
+    if error =~ "is not set" do
+      "set ERL_DIST_PORT to the port this node listens on (Nomad: ERL_DIST_PORT=${NOMAD_PORT_dist}), " <>
+        "or use DYNAMIC_SRV_PORT_MODE=name with names like app-4370@host"
+    else
+      "set ERL_DIST_PORT to an integer from 1 to 65535"
+    end
+  end
+
+  defp setting_fix(var, _error),
+    do: "correct #{var} as the message says, or unset it to use the default"
+
+  defp node_problems(%{distributed?: true, running?: true, epmd_module: module} = _this)
+       when module != Epmd do
+    [
+      %{
+        what: "this node does not use DynamicSrv.Epmd (its epmd module is #{inspect(module)})",
+        fix:
+          "start the VM with -start_epmd false -epmd_module Elixir.DynamicSrv.Epmd " <>
+            "(e.g. in ELIXIR_ERL_OPTIONS or rel/vm.args.eex)"
+      }
+    ]
+  end
+
+  defp node_problems(_this), do: []
+
+  defp probe_problems(report) do
+    self_problems =
+      case report.self_check do
+        nil -> []
+        check -> check_problems(check)
+      end
+
+    service_problems = Enum.flat_map(report.services, &probe_problem(&1.probe))
+    peer_problems = Enum.flat_map(report.peers, &check_problems/1)
+    self_problems ++ service_problems ++ peer_problems
+  end
+
+  defp check_problems(check) do
+    Enum.flat_map(check.probes, &probe_problem/1) ++ check.problems
+  end
+
+  defp probe_problem(%{failure: nil}), do: []
+
+  defp probe_problem(%{failure: failure} = probe) do
+    [%{what: "#{probe.record_type} lookup of #{failure.message}", fix: failure.fix}]
+  end
+
+  # --- formatting --------------------------------------------------------------------------
+
+  @doc "The report as plain lines, without trailing newlines."
+  @spec format(report()) :: [String.t()]
+  def format(report) do
+    List.flatten([
+      "DynamicSrv diagnosis of #{report.node[:name] || node()}",
+      "",
+      format_settings(report.settings),
+      format_node(report),
+      format_self(report.self_check),
+      format_services(report.services),
+      format_peers(report.peers, report.peers_not_checked),
+      format_cache(report.cache),
+      format_log(report.log),
+      format_problems(report.problems)
+    ])
+  end
+
+  defp format_settings([]), do: []
+
+  defp format_settings(settings) do
+    lines =
+      for s <- settings do
+        source =
+          case s.source do
+            :env -> "from the environment: #{s.variable}=#{inspect(s.raw)}"
+            :default -> "default (#{s.variable} is not set)"
+          end
+
+        case s.error do
+          nil -> "  #{s.variable} = #{s.value}    #{source}"
+          error -> "  #{s.variable}: INVALID: #{error}"
+        end
+      end
+
+    ["Configuration (environment variables, read when distribution starts):" | lines] ++ [""]
+  end
+
+  defp format_node(%{node: %{} = this} = report) when map_size(this) > 0 do
+    state =
+      cond do
+        this.running? -> "running"
+        this.distributed? -> "not running here; checked with this environment"
+        true -> "not distributed; use --node name@host to check a node"
+      end
+
+    port =
+      cond do
+        this.listen_port == nil -> "unknown (see the configuration problems)"
+        this.listen_port == 0 -> "any free port (release helper node)"
+        this.port_registered? -> "#{this.listen_port} (listening)"
+        true -> "#{this.listen_port} (from the environment)"
+      end
+
+    [
+      "This node:",
+      "  name: #{this.name} (#{state})",
+      invalid_note(report.settings),
+      "  port mode: #{this.mode}; distribution port: #{port}",
+      "  address family: #{family_label(this.family)}",
+      "  nameservers: #{report.nameservers || "none usable"}" <>
+        if(this[:nameservers_override],
+          do: " (given to this diagnosis instead of DYNAMIC_SRV_NAMESERVERS)",
+          else: ""
+        ),
+      ""
+    ]
+  end
+
+  defp format_node(_report), do: []
+
+  defp invalid_note(settings) do
+    case for(
+           %{error: e, variable: v} <- settings,
+           e != nil,
+           v != "DYNAMIC_SRV_NAMESERVERS",
+           do: v
+         ) do
+      [] -> []
+      vars -> "  (DNS below was asked with the defaults for: #{Enum.join(vars, ", ")})"
+    end
+  end
+
+  defp family_label(:inet6), do: "IPv6 (AAAA records)"
+  defp family_label(_), do: "IPv4 (A records)"
+
+  defp format_self(nil), do: []
+
+  defp format_self(check) do
+    note =
+      if check.local_address? == false do
+        "  note: #{check.endpoint} is not an address of this host's interfaces: expected " <>
+          "behind NAT or a port mapping; otherwise peers dial the wrong host"
+      else
+        []
+      end
+
+    ["DNS for this node (what peers look up to reach it):", format_check(check, "  "), note, ""]
+  end
+
+  defp format_check(check, indent) do
+    [
+      "#{indent}lookup: #{check.how}",
+      Enum.map(check.probes, &format_probe(&1, indent)),
+      case check.endpoint do
+        nil -> "#{indent}=> no address: connections to it fail"
+        endpoint -> "#{indent}=> connects to #{endpoint}"
+      end,
+      for p <- check.problems do
+        ["#{indent}PROBLEM: #{p.what}", "#{indent}  fix: #{p.fix}"]
+      end
+    ]
+  end
+
+  defp format_probe(%{failure: nil} = probe, indent) do
+    count = length(probe.answers)
+
+    [
+      "#{indent}#{probe.record_type} #{probe.name}: #{count} #{plural(count, "answer")} " <>
+        "in #{duration(probe.elapsed_us)}"
+      | Enum.map(probe.answers, &"#{indent}  #{&1}")
+    ]
+  end
+
+  defp format_probe(%{failure: failure} = probe, indent) do
+    [
+      "#{indent}#{probe.record_type} #{probe.name}: FAILED after #{duration(probe.elapsed_us)} " <>
+        "(#{failure.reason}): #{failure.message}",
+      "#{indent}  fix: #{failure.fix}"
+    ]
+  end
+
+  defp format_services([]), do: []
+
+  defp format_services(services) do
+    for s <- services do
+      members =
+        case s.members do
+          nil -> ""
+          list -> ", #{length(list)} current #{plural(length(list), "member")}"
+        end
+
+      ["Service #{s.service} (#{s.source}#{members}):", format_probe(s.probe, "  "), ""]
+    end
+  end
+
+  defp format_peers([], _skipped), do: ["Peers: none connected and no cluster members", ""]
+
+  defp format_peers(peers, skipped) do
+    lines =
+      for peer <- peers do
+        tags =
+          [peer.connected? && "connected", peer.member? && "member in DNS"]
+          |> Enum.filter(& &1)
+          |> Enum.join(", ")
+
+        [
+          "  #{peer.node}#{if tags != "", do: " [#{tags}]", else: ""}"
+          | format_check(peer, "    ")
+        ]
+      end
+
+    more = if skipped > 0, do: ["  ... and #{skipped} more peers, not checked"], else: []
+    ["Peers (#{length(peers)} checked):", lines, more, ""]
+  end
+
+  defp format_cache(%{entries: entries, total: total, dns_failed_ago_ms: failed}) do
+    health =
+      case failed do
+        nil -> "DNS answering"
+        ms -> "DNS FAILING: last failed lookup #{seconds(ms)} ago"
+      end
+
+    lines =
+      for e <- entries do
+        "  #{e.node} #{if e.family == :inet6, do: "IPv6", else: "IPv4"} #{e.endpoint}: " <>
+          entry_state(e)
+      end
+
+    more = if total > length(entries), do: ["  ... and #{total - length(entries)} more"], else: []
+
+    ["Address cache (#{total} #{plural(total, "entry", "entries")}; #{health}):", lines, more, ""]
+  end
+
+  defp entry_state(%{state: "fresh"} = e) do
+    "fresh, #{seconds(e.fresh_for_ms)} left" <> failed_note(e)
+  end
+
+  defp entry_state(%{state: "stale"} = e) do
+    "STALE (expired; served only while DNS fails, for #{seconds(e.stale_for_ms)} more)" <>
+      failed_note(e)
+  end
+
+  defp entry_state(e), do: "DEAD (past its stale window, never served)" <> failed_note(e)
+
+  defp failed_note(%{failed_ago_ms: nil}), do: ""
+  defp failed_note(%{failed_ago_ms: ms}), do: "; last refresh FAILED #{seconds(ms)} ago"
+
+  defp format_log(log) when map_size(log) == 0, do: []
+
+  defp format_log(log) do
+    to =
+      if log.forwarder,
+        do: "to Logger (DynamicSrv.LogForwarder)",
+        else: "not yet (#{log.backlog} waiting)"
+
+    dropped = log.queue_full + log.backlog_dropped
+    ["Rust log events: forwarded #{to}; #{dropped} dropped", ""]
+  end
+
+  defp format_problems([]), do: ["No problems found."]
+
+  defp format_problems(problems) do
+    lines =
+      problems
+      |> Enum.with_index(1)
+      |> Enum.map(fn {p, i} -> ["  #{i}. #{p.what}", "     fix: #{p.fix}"] end)
+
+    ["Problems (#{length(problems)}):" | lines]
+  end
+
+  defp duration(us) when us < 10_000, do: "#{Float.round(us / 1000, 2)} ms"
+  defp duration(us), do: "#{div(us, 1000)} ms"
+
+  defp seconds(ms), do: "#{Float.round(ms / 1000, 1)} s"
+
+  defp plural(n, word, plural \\ nil)
+  defp plural(1, word, _plural), do: word
+  defp plural(_n, word, nil), do: word <> "s"
+  defp plural(_n, _word, plural), do: plural
+end
