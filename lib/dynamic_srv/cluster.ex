@@ -112,6 +112,7 @@ defmodule DynamicSrv.Cluster do
         members: [],
         atoms: NodeAtoms.new(options.max_node_atoms),
         atom_warning_given: false,
+        over_limit_warned?: false,
         deregistered?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
@@ -217,6 +218,7 @@ defmodule DynamicSrv.Cluster do
     log_poll(poll, state)
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
+    state = warn_over_limit(state, poll.over_limit)
 
     state = %{state | members: members, deregistered?: deregistered?(poll, state)}
 
@@ -279,12 +281,6 @@ defmodule DynamicSrv.Cluster do
       Logger.debug("ignoring SRV target #{target} of #{service}: #{reason}")
     end
 
-    if poll.over_limit > 0 do
-      Logger.warning(
-        "#{service} lists #{poll.over_limit} nodes beyond max_nodes=#{state.options.max_nodes}; ignored"
-      )
-    end
-
     if poll.left != [] do
       Logger.info("#{length(poll.left)} nodes left #{service} in DNS: #{sample(poll.left)}")
     end
@@ -292,6 +288,19 @@ defmodule DynamicSrv.Cluster do
 
   defp sample(names) when length(names) <= 10, do: Enum.join(names, ", ")
   defp sample(names), do: Enum.join(Enum.take(names, 10), ", ") <> ", ..."
+
+  # Once while answers list too many nodes, not on every poll; again after one that does not.
+  defp warn_over_limit(state, 0), do: %{state | over_limit_warned?: false}
+  defp warn_over_limit(%{over_limit_warned?: true} = state, _over), do: state
+
+  defp warn_over_limit(state, over) do
+    Logger.warning(
+      "#{state.options.service} lists #{over} nodes beyond max_nodes=" <>
+        "#{state.options.max_nodes}; ignoring them while it does"
+    )
+
+    %{state | over_limit_warned?: true}
+  end
 
   defp warn_atoms_exhausted(state, 0), do: state
   defp warn_atoms_exhausted(%{atom_warning_given: true} = state, _refused), do: state

@@ -59,17 +59,30 @@ defmodule DynamicSrv.Epmd do
     {:ok, -1}
   end
 
-  @doc "The IP and port of node `name@host`."
+  @doc """
+  The IP and port of node `name@host`. Inside `net_kernel` a cache miss answers
+  `{:ok, unspecified_ip}` at once (OTP only checks the shape there); the connection's setup
+  process then asks again and waits for the bounded lookup.
+  """
   @spec address_please(name(), name(), :inet | :inet6) ::
-          {:ok, :inet.ip_address(), :inet.port_number(), 6} | {:error, atom()}
+          {:ok, :inet.ip_address(), :inet.port_number(), 6}
+          | {:ok, :inet.ip_address()}
+          | {:error, atom()}
   def address_please(name, host, family) do
     node = node_string(name, host)
 
     with {:ok, {engine, timeout}} <- engine() do
       case Native.lookup_cached(engine, node, family) do
-        {:ok, ip, port} -> {:ok, ip, port, @dist_version}
-        :miss -> await_lookup(engine, node, family, timeout)
-        {:error, reason, _message} -> {:error, reason}
+        {:ok, ip, port} ->
+          {:ok, ip, port, @dist_version}
+
+        :miss ->
+          if in_net_kernel?(),
+            do: {:ok, unspecified(family)},
+            else: await_lookup(engine, node, family, timeout)
+
+        {:error, reason, _message} ->
+          {:error, reason}
       end
     else
       {:error, _message} -> {:error, :not_configured}
@@ -140,6 +153,16 @@ defmodule DynamicSrv.Epmd do
         {:error, reason}
     end
   end
+
+  # OTP asks twice per connection: first in the net_kernel process, where the dist module's
+  # select/1 only checks that the answer has the `{:ok, _}` shape, then in the connection's
+  # own setup process, which uses the address. A miss waited for in net_kernel would hold up
+  # every other connection (and nodes/0, monitors, ticks) for the whole lookup, so there the
+  # answer is "yes, this dist module handles it" and the setup process does the real lookup.
+  defp in_net_kernel?, do: Process.whereis(:net_kernel) == self()
+
+  defp unspecified(:inet6), do: {0, 0, 0, 0, 0, 0, 0, 0}
+  defp unspecified(_inet), do: {0, 0, 0, 0}
 
   defp node_string(name, host), do: "#{name}@#{host}"
 

@@ -5,10 +5,14 @@
 //! * A node leaves only after it is missing from `REMOVAL_CONFIRMATIONS` successful answers
 //!   in a row. A sudden empty answer therefore disconnects nobody on the poll that sees it,
 //!   and a record that flaps every poll never causes a disconnect.
+//! * Names are compared case-insensitively, as DNS does: `N1@svc` and `n1@svc` are one
+//!   node. A member keeps its spelling; a new node takes its all-lowercase spelling if the
+//!   answer has it, else the first in byte order. So case variants cost no extra member.
 //! * At most `max_nodes` members. Nodes already members keep their place, so a flood of new
 //!   names cannot push out known-good nodes; the excess is counted and ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Successive answers a node must be missing from before it counts as deregistered.
 pub const REMOVAL_CONFIRMATIONS: u32 = 2;
@@ -49,7 +53,7 @@ impl Membership {
     }
 
     pub fn observe_answer(&mut self, nodes: impl IntoIterator<Item = String>) -> Change {
-        let seen: BTreeSet<String> = nodes.into_iter().collect();
+        let seen = self.one_spelling_each(nodes);
         let mut change = Change {
             outage_ended: (self.failed_polls > 0).then_some(self.failed_polls),
             ..Change::default()
@@ -84,6 +88,38 @@ impl Membership {
         }
         change.members = self.members();
         change
+    }
+
+    /// Collapses names that differ only in letter case into one spelling per node.
+    fn one_spelling_each(&self, nodes: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        let members: HashMap<String, &String> = self
+            .members
+            .keys()
+            .map(|member| (member.to_ascii_lowercase(), member))
+            .collect();
+        let mut chosen: BTreeMap<String, String> = BTreeMap::new();
+        for node in nodes {
+            let key = node.to_ascii_lowercase();
+            if let Some(member) = members.get(&key) {
+                chosen.insert(key, (*member).clone());
+                continue;
+            }
+            match chosen.entry(key) {
+                Entry::Vacant(entry) => {
+                    entry.insert(node);
+                }
+                Entry::Occupied(mut entry) => {
+                    let lowercase = |name: &str| !name.bytes().any(|b| b.is_ascii_uppercase());
+                    let current = entry.get();
+                    let better = (lowercase(&node), std::cmp::Reverse(&node))
+                        > (lowercase(current), std::cmp::Reverse(current));
+                    if better {
+                        entry.insert(node);
+                    }
+                }
+            }
+        }
+        chosen.into_values().collect()
     }
 
     pub fn observe_failure(&mut self, reason: &str) -> Change {
@@ -163,6 +199,20 @@ mod tests {
             };
             let c = m.observe_answer(answer);
             assert!(c.left.is_empty(), "poll {poll}");
+        }
+    }
+
+    #[test]
+    fn case_variants_are_one_node() {
+        let mut m = Membership::new(10);
+        // A new node: the all-lowercase spelling wins, whatever the order.
+        let c = m.observe_answer(names(&["N1@s", "n1@s", "N2@s", "n2@S"]));
+        assert_eq!(c.members, names(&["N2@s", "n1@s"]));
+        // A member keeps its spelling, and a variant alone counts as the member being seen.
+        for _ in 0..3 {
+            let c = m.observe_answer(names(&["N1@S", "n2@s"]));
+            assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
+            assert_eq!(c.members, names(&["N2@s", "n1@s"]));
         }
     }
 

@@ -1,0 +1,105 @@
+defmodule DynamicSrv.Chaos.BadDnsTest do
+  # Fault 3: the DNS server answers, but badly (SERVFAIL, REFUSED, or a truncated UDP answer
+  # with TCP refused). Five real nodes, each running DynamicSrv.Cluster, behind a scripted DNS
+  # server that forwards to a real dnsmasq until the fault is switched on.
+  use ExUnit.Case, async: false
+  @moduletag :chaos
+  @moduletag :integration
+  @moduletag timeout: 300_000
+
+  import DynamicSrv.Test.DnsFaultCluster
+
+  alias DynamicSrv.Test.ScriptedDns
+
+  @faults [
+    {{:rcode, :servfail}, ~r/answered Server Failure/},
+    {{:rcode, :refused}, ~r/answered Query Refused/},
+    {:truncate_tcp_refused, ~r/truncated/}
+  ]
+
+  test "SERVFAIL, REFUSED, truncated+TCP refused: membership kept, no nodedown, one warning per outage, recovery" do
+    run_faults(5)
+  end
+
+  @tag :slow
+  test "slow variant: each bad answer for 60 polls" do
+    run_faults(60)
+  end
+
+  defp run_faults(polls) do
+    specs = specs(for i <- 1..5, do: "n#{i}")
+    {_dnsmasq, scripted} = start_dns!(specs)
+    peers = boot!(specs, scripted)
+    start_clusters!(peers)
+    assert_full_mesh(peers)
+    everyone = Enum.sort(Enum.map(peers, & &1.name))
+
+    for peer <- peers, do: assert(members(peer) == everyone)
+
+    rows =
+      for {{mode, expected_reason}, outage} <- Enum.with_index(@faults, 1) do
+        name = ScriptedDns.mode_name(mode)
+        :ok = ScriptedDns.set_mode(scripted, mode)
+        t0 = System.monotonic_time()
+        # Several polls on every node inside the fault.
+        await_polls(peers, polls)
+        hit = ScriptedDns.count(scripted, name)
+        assert hit >= polls * length(peers), "only #{hit} queries saw #{name}"
+
+        for peer <- peers do
+          assert members(peer) == everyone, "#{peer.name} during #{name}"
+          assert nodedowns(peer) == 0, "#{peer.name} lost a connection during #{name}"
+          assert node_list(peer) == everyone -- [peer.name]
+        end
+
+        fault_ms = ms_since(t0)
+        :ok = ScriptedDns.set_mode(scripted, :forward)
+        t1 = System.monotonic_time()
+
+        # Recovery: every node logs that DNS answers again (the outage's closing line).
+        for peer <- peers do
+          assert DynamicSrv.Test.Mesh.eventually(
+                   fn -> count_lines(peer, "answers again after") == outage end,
+                   600
+                 ),
+                 "#{peer.name} never logged the end of outage #{outage}: " <>
+                   "#{inspect(outage_logs(peer))}; queries: #{inspect(ScriptedDns.counts(scripted))}"
+        end
+
+        heal_ms = ms_since(t1)
+
+        for peer <- peers do
+          warnings = for {:warning, text} <- outage_logs(peer), do: text
+          # Exactly one warning per outage so far, this one naming what went wrong.
+          assert length(warnings) == outage, "#{peer.name}: #{inspect(outage_logs(peer))}"
+          assert List.last(warnings) =~ expected_reason, List.last(warnings)
+          assert List.last(warnings) =~ "keeping the last membership (5 nodes)"
+        end
+
+        IO.puts(
+          "\n[bad_dns] #{name}: #{hit} queries answered badly over #{round(fault_ms)} ms " <>
+            "(#{polls} polls on each of 5 nodes); 0 nodedowns; members kept; all 5 nodes logged " <>
+            "the end of the outage #{round(heal_ms)} ms after DNS recovered"
+        )
+
+        {name, hit, round(fault_ms), round(heal_ms)}
+      end
+
+    # After the three outages: still one warning and one recovery line each, nothing else
+    # about DNS, and the mesh is whole.
+    for peer <- peers do
+      assert count_lines(peer, "failed:") == 3
+      assert count_lines(peer, "answers again after") == 3
+      assert length(outage_logs(peer)) == 6, inspect(outage_logs(peer))
+      assert members(peer) == everyone
+      assert nodedowns(peer) == 0
+      assert DynamicSrv.Test.Peer.call(peer, DynamicSrv.Test.NodeAgent, :cluster_exits, []) == []
+    end
+
+    assert_full_mesh(peers)
+    IO.puts("[bad_dns] rows: #{inspect(rows)}")
+  end
+
+  defp count_lines(peer, fragment),
+    do: Enum.count(outage_logs(peer), fn {_level, text} -> text =~ fragment end)
+end
