@@ -7,7 +7,8 @@ defmodule DynamicSrv.Chaos.BadDnsTest do
   @moduletag :integration
   @moduletag timeout: 300_000
 
-  import DynamicSrv.Test.DnsFaultCluster
+  import DynamicSrv.Test.Fleet
+  import DynamicSrv.Test.Chaos, only: [ms_since: 1]
 
   alias DynamicSrv.Test.ScriptedDns
 
@@ -27,12 +28,8 @@ defmodule DynamicSrv.Chaos.BadDnsTest do
   end
 
   defp run_faults(polls) do
-    specs = specs(for i <- 1..5, do: "n#{i}")
-    {_dnsmasq, scripted} = start_dns!(specs)
-    peers = boot!(specs, scripted)
-    start_clusters!(peers)
-    assert_full_mesh(peers)
-    everyone = Enum.sort(Enum.map(peers, & &1.name))
+    %{scripted: scripted, peers: peers, everyone: everyone} =
+      boot_behind_scripted_dns!(for i <- 1..5, do: "n#{i}")
 
     for peer <- peers, do: assert(members(peer) == everyone)
 

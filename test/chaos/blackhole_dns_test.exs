@@ -7,7 +7,8 @@ defmodule DynamicSrv.Chaos.BlackholeDnsTest do
   @moduletag :integration
   @moduletag timeout: 300_000
 
-  import DynamicSrv.Test.DnsFaultCluster
+  import DynamicSrv.Test.Fleet
+  import DynamicSrv.Test.Chaos, only: [ms_since: 1, distribution: 1]
 
   alias DynamicSrv.Test.{DnsFaultProbe, Mesh, Peer, ScriptedDns}
 
@@ -23,12 +24,8 @@ defmodule DynamicSrv.Chaos.BlackholeDnsTest do
   end
 
   defp poller_in_black_hole(polls) do
-    specs = specs(for i <- 1..5, do: "n#{i}")
-    {_dnsmasq, scripted} = start_dns!(specs)
-    peers = boot!(specs, scripted)
-    start_clusters!(peers)
-    assert_full_mesh(peers)
-    everyone = Enum.sort(Enum.map(peers, & &1.name))
+    %{scripted: scripted, peers: peers, everyone: everyone} =
+      boot_behind_scripted_dns!(for i <- 1..5, do: "n#{i}")
 
     :ok = ScriptedDns.set_mode(scripted, :blackhole)
     t0 = System.monotonic_time()
@@ -71,7 +68,7 @@ defmodule DynamicSrv.Chaos.BlackholeDnsTest do
 
   test "address_please on a miss returns within its bound; a cached peer connects while lookups hang" do
     [a, b] = specs = specs(["a1", "b1"])
-    {_dnsmasq, scripted} = start_dns!(specs)
+    {_dnsmasq, scripted} = start_scripted_dns!(specs)
     # Cached answers stay fresh for the whole test: the cached peer never needs DNS. Misses
     # hang for a good second in the black hole, so "completes while they hang" is an order
     # of events, not a race against a short timer.

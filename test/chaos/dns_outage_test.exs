@@ -17,9 +17,7 @@ defmodule DynamicSrv.Chaos.DnsOutageTest do
     dns = start_dns!(records(specs))
     # Cached answers expire after 1 s, so during the outage every lookup is a stale one.
     peers = boot!(specs, dns, %{"DYNAMIC_SRV_MIN_TTL_MS" => "1000"})
-    start_clusters!(peers, [polling_interval: @poll] ++ counting())
-    assert_full_mesh(peers)
-    for peer <- peers, do: Mesh.assert_no_epmd(peer)
+    start_counted_mesh!(peers, polling_interval: @poll)
     %{specs: specs, dns: dns, peers: peers}
   end
 

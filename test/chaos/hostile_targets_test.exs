@@ -8,7 +8,8 @@ defmodule DynamicSrv.Chaos.HostileTargetsTest do
   @moduletag :integration
   @moduletag timeout: 600_000
 
-  import DynamicSrv.Test.DnsFaultCluster
+  import DynamicSrv.Test.Fleet
+  import DynamicSrv.Test.Chaos, only: [ms_since: 1]
 
   alias DynamicSrv.Test.{Mesh, NodeAgent, Peer, ScriptedDns}
 
@@ -40,12 +41,9 @@ defmodule DynamicSrv.Chaos.HostileTargetsTest do
   @case_variants [["N1", "SVC", "DYN", "TEST"], ["N2" | @domain], ["n3", "Svc", "DYN", "test"]]
 
   test "malformed, outside and upper-case targets mixed with real ones: real ones are members, nothing else becomes an atom, nothing crashes" do
-    specs = specs(for i <- 1..5, do: "n#{i}")
-    {_dnsmasq, scripted} = start_dns!(specs)
-    peers = boot!(specs, scripted)
-    start_clusters!(peers)
-    assert_full_mesh(peers)
-    everyone = Enum.sort(Enum.map(peers, & &1.name))
+    %{specs: specs, scripted: scripted, peers: peers, everyone: everyone} =
+      boot_behind_scripted_dns!(for i <- 1..5, do: "n#{i}")
+
     pids = Map.new(peers, &{&1.name, Peer.call(&1, NodeAgent, :cluster_pid, [])})
     atoms_before = Map.new(peers, &{&1.name, atom_count(&1)})
     dead = DynamicSrv.Test.Peer.dead_port()
@@ -154,13 +152,14 @@ defmodule DynamicSrv.Chaos.HostileTargetsTest do
 
   # `rounds` answers, each with `per_round` names never seen before plus the 5 real nodes.
   defp flood(rounds, per_round) do
-    specs = specs(for i <- 1..5, do: "n#{i}")
-    {_dnsmasq, scripted} = start_dns!(specs)
-    peers = boot!(specs, scripted)
     max_node_atoms = div(rounds * per_round, 3)
-    start_clusters!(peers, max_nodes: 600, max_node_atoms: max_node_atoms)
-    assert_full_mesh(peers)
-    everyone = Enum.map(peers, & &1.name)
+
+    %{specs: specs, scripted: scripted, peers: peers, everyone: everyone} =
+      boot_behind_scripted_dns!(for(i <- 1..5, do: "n#{i}"),
+        max_nodes: 600,
+        max_node_atoms: max_node_atoms
+      )
+
     pids = Map.new(peers, &{&1.name, Peer.call(&1, NodeAgent, :cluster_pid, [])})
     atoms_before = Map.new(peers, &{&1.name, atom_count(&1)})
     dead = DynamicSrv.Test.Peer.dead_port()

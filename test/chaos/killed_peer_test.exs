@@ -16,9 +16,7 @@ defmodule DynamicSrv.Chaos.KilledPeerTest do
     specs = specs(for i <- 1..5, do: "n#{i}")
     dns = start_dns!(records(specs))
     peers = boot!(specs, dns)
-    start_clusters!(peers, [polling_interval: @poll] ++ counting())
-    assert_full_mesh(peers)
-    for peer <- peers, do: Mesh.assert_no_epmd(peer)
+    start_counted_mesh!(peers, polling_interval: @poll)
     %{specs: specs, dns: dns, peers: peers}
   end
 

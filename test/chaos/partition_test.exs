@@ -38,9 +38,7 @@ defmodule DynamicSrv.Chaos.PartitionTest do
     peers_a = boot!(side_a, start_dns!(records, netns: ns_a), %{}, erl_args: erl_args)
     peers_b = boot!(side_b, start_dns!(records, netns: ns_b), %{}, erl_args: erl_args)
     peers = peers_a ++ peers_b
-    start_clusters!(peers, [polling_interval: @poll] ++ counting())
-    assert_full_mesh(peers)
-    for peer <- peers, do: Mesh.assert_no_epmd(peer)
+    start_counted_mesh!(peers, polling_interval: @poll)
 
     %{a: peers_a, b: peers_b, link: [{ns_a, dev_a}, {ns_b, dev_b}]}
   end

@@ -4,85 +4,19 @@ defmodule DynamicSrv.Integration.Ipv6Test do
   use ExUnit.Case, async: false
   @moduletag :integration
 
-  alias DynamicSrv.Test.{Certs, DnsServer, Mesh, NodeAgent, Peer, Ports}
+  alias DynamicSrv.Test.{Certs, DnsServer, Fleet, Mesh, Peer}
 
   @service "svc6.dyn.test"
   @loopback6 {0, 0, 0, 0, 0, 0, 0, 1}
-  @dns_opts [extra: ["--local=/dyn.test/"], tcp_workers: true, listen_address: "::1"]
 
   # --- helpers ---------------------------------------------------------------------------
 
-  defp specs(names) do
-    ports = distinct_ports(length(names), [])
-    for {name, port} <- Enum.zip(names, ports), do: %{name: name, port: port}
-  end
+  # Every node on ::1 with only an AAAA record: an IPv4 lookup of these names finds nothing.
+  defp specs(names), do: Fleet.specs(names, %{ip: "::1", service: @service})
 
-  defp distinct_ports(0, acc), do: acc
+  defp start_dns!(specs), do: Fleet.start_dns!(Fleet.records(specs), listen_address: "::1")
 
-  defp distinct_ports(n, acc) do
-    port = Ports.free()
-    if port in acc, do: distinct_ports(n, acc), else: distinct_ports(n - 1, [port | acc])
-  end
-
-  # Only AAAA records: an IPv4 lookup of these names finds nothing.
-  defp records(specs) do
-    Enum.flat_map(specs, fn spec ->
-      target = "#{spec.name}.#{@service}"
-
-      [
-        {:srv, @service, target, spec.port},
-        {:srv, target, target, spec.port},
-        {:a, target, "::1"}
-      ]
-    end)
-  end
-
-  defp start_dns!(specs) do
-    dns = DnsServer.start!(records(specs), @dns_opts)
-    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
-    dns
-  end
-
-  defp boot!(specs, dns, erl_args) do
-    parent = self()
-
-    specs
-    |> Task.async_stream(
-      fn spec ->
-        peer =
-          Peer.start!(
-            "#{spec.name}@#{@service}",
-            %{
-              "ERL_DIST_PORT" => Integer.to_string(spec.port),
-              "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
-            },
-            erl_args: ["-connect_all", "false"] ++ erl_args.(spec)
-          )
-
-        true = Port.connect(peer.port, parent)
-        Process.unlink(peer.port)
-        peer
-      end,
-      timeout: 60_000
-    )
-    |> Enum.map(fn {:ok, peer} ->
-      on_exit(fn -> Peer.stop(peer) end)
-      peer
-    end)
-  end
-
-  defp node_list(peer), do: Enum.sort(Peer.call(peer, Node, :list, []))
-
-  defp assert_full_mesh(peers) do
-    names = Enum.map(peers, & &1.name)
-
-    for peer <- peers do
-      expected = Enum.sort(names -- [peer.name])
-
-      assert Mesh.eventually(fn -> node_list(peer) == expected end, 300),
-             "#{peer.name} sees #{inspect(node_list(peer))}, expected #{inspect(expected)}"
-    end
-  end
+  defp boot!(specs, dns, erl_args), do: Fleet.boot!(specs, dns, %{}, erl_args: erl_args)
 
   # What net_kernel recorded for each of `peer`'s connections: `{family, protocol, ip}`.
   defp connection_addresses(peer) do
@@ -168,18 +102,12 @@ defmodule DynamicSrv.Integration.Ipv6Test do
         ["-proto_dist", "inet6_tcp", "-kernel", "inet_dist_use_interface", "{0,0,0,0,0,0,0,1}"]
       end)
 
-    for peer <- peers, do: assert(node_list(peer) == [])
+    for peer <- peers, do: assert(Fleet.node_list(peer) == [])
 
     {micros, _} =
       :timer.tc(fn ->
-        for peer <- peers do
-          assert {:ok, _pid} =
-                   Peer.call(peer, NodeAgent, :start_cluster, [
-                     [service: @service, polling_interval: 300, ip_family: :inet6]
-                   ])
-        end
-
-        assert_full_mesh(peers)
+        Fleet.start_clusters!(peers, service: @service, ip_family: :inet6)
+        Fleet.assert_full_mesh(peers)
       end)
 
     IO.puts(

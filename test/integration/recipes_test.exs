@@ -12,7 +12,7 @@ defmodule DynamicSrv.Integration.RecipesTest do
   use ExUnit.Case, async: false
   @moduletag :integration
 
-  alias DynamicSrv.Test.{DnsServer, Mesh, Netns, NodeAgent, Peer, Ports}
+  alias DynamicSrv.Test.{DnsServer, Fleet, Mesh, Netns, NodeAgent, Peer, Ports}
 
   @examples Path.expand("../../examples", __DIR__)
   @epmd_flags ["-start_epmd", "false", "-epmd_module", "Elixir.DynamicSrv.Epmd"]
@@ -106,44 +106,40 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
   # --- running it ------------------------------------------------------------------------
 
-  defp start_dns!(records, opts) do
-    dns = DnsServer.start!(records, Keyword.put(opts, :tcp_workers, true))
-    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
-    dns
-  end
+  defp start_dns!(records, opts), do: Fleet.start_dns!(records, opts)
 
   # Boots one node per `{name, ip, env}` in parallel, each listening on `ip` only.
   defp boot!(nodes, flags, opts \\ []) do
-    parent = self()
-
-    nodes
-    |> Task.async_stream(
+    Fleet.start_peers!(
+      nodes,
       fn {name, ip, env} ->
         {:ok, address} = :inet.parse_address(String.to_charlist(ip))
         interface = "{" <> (address |> Tuple.to_list() |> Enum.join(",")) <> "}"
 
-        peer =
-          Peer.start!(name, env,
-            netns: opts[:netns],
-            erl_args:
-              flags ++
-                ["-connect_all", "false", "-kernel", "inet_dist_use_interface", interface]
-          )
-
-        true = Port.connect(peer.port, parent)
-        Process.unlink(peer.port)
-        peer
+        Peer.start!(name, env,
+          netns: opts[:netns],
+          erl_args:
+            flags ++ ["-connect_all", "false", "-kernel", "inet_dist_use_interface", interface]
+        )
       end,
-      timeout: 60_000,
-      max_concurrency: 4
+      4
     )
-    |> Enum.map(fn {:ok, peer} ->
-      on_exit(fn -> Peer.stop(peer) end)
-      peer
-    end)
   end
 
-  defp node_list(peer), do: Enum.sort(Peer.call(peer, Node, :list, []))
+  defp node_list(peer), do: Fleet.node_list(peer)
+
+  # A static-port recipe's env (the recipe's port 4370, the platform's own resolver) with
+  # the free port and the dnsmasq this test uses in their place.
+  defp local_static_env(env, port, dns) do
+    assert env["DYNAMIC_SRV_PORT_MODE"] == "static"
+    assert env["ERL_DIST_PORT"] == "4370"
+    refute Map.has_key?(env, "DYNAMIC_SRV_NAMESERVERS")
+
+    Map.merge(env, %{
+      "ERL_DIST_PORT" => "#{port}",
+      "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
+    })
+  end
 
   # Starts the recipe's strategy on every node and waits for the full mesh; returns the ms
   # it took (printed, never asserted).
@@ -283,17 +279,7 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
           assert name == "app@" <> fqdn.(pod)
           assert flags == []
-          assert env["DYNAMIC_SRV_PORT_MODE"] == "static"
-          assert env["ERL_DIST_PORT"] == "4370"
-          refute Map.has_key?(env, "DYNAMIC_SRV_NAMESERVERS")
-
-          env =
-            Map.merge(env, %{
-              "ERL_DIST_PORT" => "#{port}",
-              "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
-            })
-
-          {name, pod.ip, env}
+          {name, pod.ip, local_static_env(env, port, dns)}
         end
 
       peers = boot!(nodes, [])
@@ -320,17 +306,7 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
           {nil, flags, env} = boot_spec(compose_env("docker-compose/compose.yaml"))
           assert flags == []
-          assert env["DYNAMIC_SRV_PORT_MODE"] == "static"
-          assert env["ERL_DIST_PORT"] == "4370"
-          refute Map.has_key?(env, "DYNAMIC_SRV_NAMESERVERS")
-
-          env =
-            Map.merge(env, %{
-              "ERL_DIST_PORT" => "#{port}",
-              "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
-            })
-
-          {name, ip, env}
+          {name, ip, local_static_env(env, port, dns)}
         end
 
       peers = boot!(nodes, [])

@@ -10,7 +10,7 @@ defmodule DynamicSrv.Integration.ReleaseTest do
   @moduletag :release
   @moduletag timeout: 900_000
 
-  alias DynamicSrv.Test.{DnsServer, Mesh, Ports}
+  alias DynamicSrv.Test.{DnsServer, Fleet, Mesh, Ports}
 
   @example Path.expand("../../examples/release", __DIR__)
   @app "hello_cluster"
@@ -193,39 +193,22 @@ defmodule DynamicSrv.Integration.ReleaseTest do
 
   # --- nodes and DNS ----------------------------------------------------------------------
 
+  # Fleet specs under the release's service, each on its own loopback address and with its
+  # own release tmp directory.
   defp node_specs(tmp, names) do
-    ports = distinct_ports(length(names), [])
-
-    for {{name, port}, i} <- Enum.with_index(Enum.zip(names, ports), 1) do
-      %{
-        name: name,
-        node: :"#{name}@#{@service}",
-        target: "#{name}.#{@service}",
+    for {spec, i} <- Enum.with_index(Fleet.specs(names, %{service: @service}), 1) do
+      Map.merge(spec, %{
+        node: Fleet.node_name(spec),
+        target: Fleet.target(spec),
         ip: "127.0.0.#{i}",
-        port: port,
-        tmp: Path.join(tmp, "node_#{name}")
-      }
+        tmp: Path.join(tmp, "node_#{spec.name}")
+      })
     end
-  end
-
-  defp distinct_ports(0, acc), do: acc
-
-  defp distinct_ports(n, acc) do
-    port = Ports.free()
-    if port in acc, do: distinct_ports(n, acc), else: distinct_ports(n - 1, [port | acc])
   end
 
   # The service SRV lists every node (what DynamicSrv.Cluster polls); each node also has its
   # own SRV record name.service (what the epmd module asks for name@service), and an A record.
-  defp records(nodes) do
-    Enum.flat_map(nodes, fn n ->
-      [
-        {:srv, @service, n.target, n.port},
-        {:srv, n.target, n.target, n.port},
-        {:a, n.target, n.ip}
-      ]
-    end)
-  end
+  defp records(nodes), do: Fleet.records(nodes)
 
   # Only what the README tells operators to set, plus the app's CLUSTER_SERVICE and a dead
   # ERL_EPMD_PORT. Variables a developer's shell may carry are cleared.

@@ -11,10 +11,9 @@ defmodule DynamicSrv.Integration.TlsTest do
   use ExUnit.Case, async: false
   @moduletag :integration
 
-  alias DynamicSrv.Test.{Certs, DnsServer, Mesh, NodeAgent, Peer, Ports}
+  alias DynamicSrv.Test.{Certs, Fleet, Mesh, NodeAgent, Peer}
 
-  @service "svc.dyn.test"
-  @dns_opts [extra: ["--local=/dyn.test/"], tcp_workers: true]
+  @service Fleet.service()
 
   setup do
     dir = Path.join(System.tmp_dir!(), "dynamic_srv_tls_#{System.unique_integer([:positive])}")
@@ -27,61 +26,20 @@ defmodule DynamicSrv.Integration.TlsTest do
 
   # --- helpers ---------------------------------------------------------------------------
 
+  # Each node on its own loopback address, so a connection's ends tell the nodes apart.
   defp specs(names) do
     names
+    |> Fleet.specs()
     |> Enum.with_index(1)
-    |> Enum.map(fn {name, i} -> %{name: name, ip: "127.0.0.#{i}", port: Ports.free()} end)
+    |> Enum.map(fn {spec, i} -> %{spec | ip: "127.0.0.#{i}"} end)
   end
 
-  # Each node: its own SRV record (what address_please asks for) with an A record on the
-  # target, and an entry in the service's SRV record (what the strategy polls).
-  defp records(specs) do
-    Enum.flat_map(specs, fn spec ->
-      target = "#{spec.name}.#{@service}"
-
-      [
-        {:srv, @service, target, spec.port},
-        {:srv, target, target, spec.port},
-        {:a, target, spec.ip}
-      ]
-    end)
-  end
-
-  defp start_dns!(specs) do
-    dns = DnsServer.start!(records(specs), @dns_opts)
-    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
-    dns
-  end
+  defp start_dns!(specs), do: Fleet.start_dns!(Fleet.records(specs))
 
   # `ca: nil` boots a plain TCP-distribution node; otherwise a TLS one holding a certificate
   # for the service name issued by `ca`.
-  defp boot!(specs, dns, dir, ca) do
-    parent = self()
-
-    specs
-    |> Task.async_stream(
-      fn spec ->
-        peer =
-          Peer.start!(
-            "#{spec.name}@#{@service}",
-            %{
-              "ERL_DIST_PORT" => Integer.to_string(spec.port),
-              "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
-            },
-            erl_args: ["-connect_all", "false"] ++ tls_args(spec, dir, ca)
-          )
-
-        true = Port.connect(peer.port, parent)
-        Process.unlink(peer.port)
-        peer
-      end,
-      timeout: 60_000
-    )
-    |> Enum.map(fn {:ok, peer} ->
-      on_exit(fn -> Peer.stop(peer) end)
-      peer
-    end)
-  end
+  defp boot!(specs, dns, dir, ca),
+    do: Fleet.boot!(specs, dns, %{}, erl_args: &tls_args(&1, dir, ca))
 
   defp tls_args(_spec, _dir, nil), do: []
 
@@ -91,7 +49,7 @@ defmodule DynamicSrv.Integration.TlsTest do
     ["-proto_dist", "inet_tls", "-ssl_dist_optfile", optfile]
   end
 
-  defp node_list(peer), do: Enum.sort(Peer.call(peer, Node, :list, []))
+  defp node_list(peer), do: Fleet.node_list(peer)
 
   defp timed_full_mesh(peers) do
     {micros, _} = :timer.tc(fn -> Mesh.connect_and_assert_full_mesh(peers) end)
@@ -167,6 +125,18 @@ defmodule DynamicSrv.Integration.TlsTest do
     end
   end
 
+  # The good nodes are connected to exactly each other and never saw `rogue` come up (nor
+  # go down); `rogue` is connected to nobody.
+  defp assert_kept_out(good, rogue) do
+    for peer <- good do
+      assert node_list(peer) == Enum.sort(Enum.map(good, & &1.name) -- [peer.name])
+      events = Peer.call(peer, NodeAgent, :node_events, [])
+      refute Enum.any?(events, fn {_kind, node} -> node == rogue.name end), inspect(events)
+    end
+
+    assert node_list(rogue) == []
+  end
+
   # --- scenarios -------------------------------------------------------------------------
 
   test "TLS nodes with one CA form a full mesh through SRV, without epmd; another CA's node is refused both ways",
@@ -203,13 +173,7 @@ defmodule DynamicSrv.Integration.TlsTest do
       refute Peer.call(peer, Node, :connect, [rogue.name])
     end
 
-    for peer <- good do
-      assert node_list(peer) == Enum.sort(Enum.map(good, & &1.name) -- [peer.name])
-      events = Peer.call(peer, NodeAgent, :node_events, [])
-      refute Enum.any?(events, fn {_kind, node} -> node == rogue.name end), inspect(events)
-    end
-
-    assert node_list(rogue) == []
+    assert_kept_out(good, rogue)
 
     # From outside: n1's distribution port speaks TLS 1.3 and presents n1's certificate to a
     # client holding a cluster certificate...
@@ -244,19 +208,8 @@ defmodule DynamicSrv.Integration.TlsTest do
 
     {micros, _} =
       :timer.tc(fn ->
-        for peer <- all do
-          assert {:ok, _pid} =
-                   Peer.call(peer, NodeAgent, :start_cluster, [
-                     [service: @service, polling_interval: 300]
-                   ])
-        end
-
-        for peer <- good do
-          expected = Enum.sort(Enum.map(good, & &1.name) -- [peer.name])
-
-          assert Mesh.eventually(fn -> node_list(peer) == expected end, 300),
-                 "#{peer.name} sees #{inspect(node_list(peer))}, expected #{inspect(expected)}"
-        end
+        Fleet.start_clusters!(all, [])
+        Fleet.assert_full_mesh(good)
       end)
 
     IO.puts(
@@ -274,18 +227,15 @@ defmodule DynamicSrv.Integration.TlsTest do
     for peer <- good, do: Peer.call(peer, NodeAgent, :cluster_poll_now, [])
     Peer.call(rogue, NodeAgent, :cluster_poll_now, [])
 
-    for peer <- good do
-      assert node_list(peer) == Enum.sort(Enum.map(good, & &1.name) -- [peer.name])
-      events = Peer.call(peer, NodeAgent, :node_events, [])
-      refute Enum.any?(events, fn {_kind, node} -> node == rogue.name end), inspect(events)
+    assert_kept_out(good, rogue)
 
+    for peer <- good do
       kinds = connection_kinds(peer)
       assert Enum.sort(Map.keys(kinds)) == Enum.sort(Enum.map(good, & &1.name) -- [peer.name])
       for {_node, kind} <- kinds, do: assert(kind == {:tls, :process})
       Mesh.assert_no_epmd(peer)
     end
 
-    assert node_list(rogue) == []
     assert Peer.call(rogue, NodeAgent, :node_events, []) == []
   end
 

@@ -67,6 +67,22 @@ defmodule DynamicSrv.Test.Chaos do
     end
   end
 
+  @doc "Milliseconds since `t0` (a `System.monotonic_time/0`), fractional."
+  def ms_since(t0),
+    do: System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1000
+
+  @doc "min / median / p90 / max of a list of numbers, rounded, for printing."
+  def distribution(values) do
+    sorted = Enum.sort(values)
+    n = length(sorted)
+    at = fn q -> Enum.at(sorted, min(n - 1, trunc(q * n))) end
+
+    "n=#{n} min=#{round1(hd(sorted))} median=#{round1(at.(0.5))} p90=#{round1(at.(0.9))} " <>
+      "max=#{round1(List.last(sorted))}"
+  end
+
+  defp round1(x), do: Float.round(x / 1, 1)
+
   @doc "`ms` in polling intervals of `poll_ms`, one decimal."
   def intervals(ms, poll_ms), do: Float.round(ms / poll_ms, 1)
 

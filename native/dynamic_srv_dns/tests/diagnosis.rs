@@ -11,24 +11,17 @@ use dynamic_srv_dns::{Cache, Config, Engine, Family, PortMode};
 use support::Dnsmasq;
 
 fn config(nameserver: SocketAddr) -> Config {
-    Config {
-        dist_port: Some(4999),
-        nameservers: vec![nameserver],
-        port_mode: PortMode::Srv,
-        lookup_timeout: Duration::from_millis(400),
-        min_ttl: Duration::from_secs(30),
-        max_stale: Duration::from_secs(60),
-    }
+    support::config(nameserver, PortMode::Srv, Duration::from_millis(400))
+}
+
+fn diagnoser(server: &Dnsmasq) -> Diagnoser {
+    Diagnoser::with_config(config(server.addr())).unwrap()
 }
 
 #[tokio::test]
 async fn a_healthy_node_shows_its_records_and_no_problem() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4999, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
-    let diagnoser = Diagnoser::with_config(config(server.addr())).unwrap();
+    let server = Dnsmasq::one_node(4999).start();
+    let diagnoser = diagnoser(&server);
     let check = diagnoser
         .check_node("n1@dyn.test", Family::Inet, Some(4999))
         .await;
@@ -52,12 +45,8 @@ async fn a_healthy_node_shows_its_records_and_no_problem() {
 
 #[tokio::test]
 async fn a_port_mismatch_between_dns_and_this_node_is_a_problem_with_its_fix() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
-    let diagnoser = Diagnoser::with_config(config(server.addr())).unwrap();
+    let server = Dnsmasq::one_node(4370).start();
+    let diagnoser = diagnoser(&server);
     let check = diagnoser
         .check_node("n1@dyn.test", Family::Inet, Some(4999))
         .await;
@@ -78,12 +67,8 @@ async fn a_port_mismatch_between_dns_and_this_node_is_a_problem_with_its_fix() {
 
 #[tokio::test]
 async fn nxdomain_and_missing_aaaa_come_with_their_fixes() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
-    let diagnoser = Diagnoser::with_config(config(server.addr())).unwrap();
+    let server = Dnsmasq::one_node(4370).start();
+    let diagnoser = diagnoser(&server);
     let (probe, _) = diagnoser.probe_srv("ghost.dyn.test").await;
     let failure = probe.outcome.unwrap_err();
     assert_eq!(failure.reason, "nxdomain");
@@ -112,7 +97,7 @@ async fn refused_and_a_dead_server_name_the_server_and_the_fix() {
     let server = Dnsmasq::builder()
         .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
         .start();
-    let diagnoser = Diagnoser::with_config(config(server.addr())).unwrap();
+    let diagnoser = diagnoser(&server);
     let (probe, _) = diagnoser.probe_srv("other.example").await;
     let failure = probe.outcome.unwrap_err();
     assert_eq!(failure.reason, "refused", "{failure:?}");
@@ -139,14 +124,10 @@ async fn refused_and_a_dead_server_name_the_server_and_the_fix() {
 
 #[tokio::test]
 async fn diagnosing_never_touches_the_shared_cache() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
+    let server = Dnsmasq::one_node(4370).start();
     let shared = Arc::new(Cache::default());
     let _engine = Engine::new(config(server.addr()), shared.clone()).unwrap();
-    let diagnoser = Diagnoser::with_config(config(server.addr())).unwrap();
+    let diagnoser = diagnoser(&server);
     let check = diagnoser
         .check_node("n1@dyn.test", Family::Inet, None)
         .await;
@@ -156,11 +137,7 @@ async fn diagnosing_never_touches_the_shared_cache() {
 
 #[tokio::test]
 async fn an_invalid_configuration_still_allows_looking_at_dns() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
+    let server = Dnsmasq::one_node(4370).start();
     let nameserver = server.addr().to_string();
     // ERL_DIST_PORT unset: distribution would refuse to start, DNS can still be asked.
     let diagnoser =

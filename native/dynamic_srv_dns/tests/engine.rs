@@ -7,20 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynamic_srv_dns::{Cache, Cached, Config, Engine, Family, LookupError, PortMode};
-use support::Dnsmasq;
-
-/// This node's own port in the tests; SRV records use other ports so a mix-up shows.
-const DIST_PORT: u16 = 4999;
+use support::{Dnsmasq, DIST_PORT};
 
 fn config(nameserver: SocketAddr, port_mode: PortMode) -> Config {
-    Config {
-        dist_port: Some(DIST_PORT),
-        nameservers: vec![nameserver],
-        port_mode,
-        lookup_timeout: Duration::from_millis(1500),
-        min_ttl: Duration::from_secs(30),
-        max_stale: Duration::from_secs(60),
-    }
+    support::config(nameserver, port_mode, Duration::from_millis(1500))
 }
 
 fn engine(config: Config) -> Engine {
@@ -38,11 +28,7 @@ fn dead_nameserver() -> SocketAddr {
 
 #[tokio::test]
 async fn srv_mode_takes_ip_and_port_from_one_srv_answer_then_answers_from_cache() {
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("n1.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
+    let server = Dnsmasq::one_node(4370).start();
     let engine = engine(config(server.addr(), PortMode::Srv));
 
     assert_eq!(

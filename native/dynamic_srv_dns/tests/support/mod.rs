@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dynamic_srv_dns::{Config, PortMode};
+
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// How long dnsmasq gets to start answering, and a log line to appear.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -230,6 +232,16 @@ impl Dnsmasq {
         Builder::default()
     }
 
+    /// The one-node zone most engine and diagnosis tests ask about: `n1@dyn.test` is the
+    /// SRV record `n1.dyn.test` -> `t1.dyn.test:port`, whose A record is 127.0.0.5; other
+    /// dyn.test names are NXDOMAIN.
+    pub fn one_node(port: u16) -> Builder {
+        Self::builder()
+            .local_domain("dyn.test")
+            .srv("n1.dyn.test", "t1.dyn.test", port, 0, 0)
+            .host("t1.dyn.test", &["127.0.0.5"])
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
@@ -393,5 +405,21 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// This node's own port in the tests; SRV records use other ports so a mix-up shows.
+pub const DIST_PORT: u16 = 4999;
+
+/// A configuration asking only `nameserver`, as node `DIST_PORT`, with a 30 s minimum TTL
+/// and 60 s of staleness allowed (longer than any test, so nothing expires unasked).
+pub fn config(nameserver: SocketAddr, port_mode: PortMode, lookup_timeout: Duration) -> Config {
+    Config {
+        dist_port: Some(DIST_PORT),
+        nameservers: vec![nameserver],
+        port_mode,
+        lookup_timeout,
+        min_ttl: Duration::from_secs(30),
+        max_stale: Duration::from_secs(60),
     }
 }
