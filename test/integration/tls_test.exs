@@ -125,6 +125,17 @@ defmodule DynamicSrv.Integration.TlsTest do
     end
   end
 
+  # Three TLS nodes with certificates from the cluster's CA, and a rogue one (same cookie,
+  # listed in the same service) whose certificate comes from another CA.
+  defp boot_good_and_rogue!(ctx) do
+    specs = specs(["n1", "n2", "n3", "rogue"])
+    {good_specs, [rogue_spec]} = Enum.split(specs, 3)
+    dns = start_dns!(specs)
+    good = boot!(good_specs, dns, ctx.dir, ctx.good_ca)
+    [rogue] = boot!([rogue_spec], dns, ctx.dir, ctx.other_ca)
+    {good_specs, good, rogue}
+  end
+
   # The good nodes are connected to exactly each other and never saw `rogue` come up (nor
   # go down); `rogue` is connected to nobody.
   defp assert_kept_out(good, rogue) do
@@ -141,11 +152,7 @@ defmodule DynamicSrv.Integration.TlsTest do
 
   test "TLS nodes with one CA form a full mesh through SRV, without epmd; another CA's node is refused both ways",
        ctx do
-    specs = specs(["n1", "n2", "n3", "rogue"])
-    {good_specs, [rogue_spec]} = Enum.split(specs, 3)
-    dns = start_dns!(specs)
-    good = boot!(good_specs, dns, ctx.dir, ctx.good_ca)
-    [rogue] = boot!([rogue_spec], dns, ctx.dir, ctx.other_ca)
+    {good_specs, good, rogue} = boot_good_and_rogue!(ctx)
 
     for peer <- good, do: :ok = Peer.call(peer, NodeAgent, :start_recorder, [])
 
@@ -197,11 +204,7 @@ defmodule DynamicSrv.Integration.TlsTest do
 
   test "the strategy forms the TLS mesh from the service's SRV records and never admits another CA's node",
        ctx do
-    specs = specs(["n1", "n2", "n3", "rogue"])
-    {good_specs, [rogue_spec]} = Enum.split(specs, 3)
-    dns = start_dns!(specs)
-    good = boot!(good_specs, dns, ctx.dir, ctx.good_ca)
-    [rogue] = boot!([rogue_spec], dns, ctx.dir, ctx.other_ca)
+    {_good_specs, good, rogue} = boot_good_and_rogue!(ctx)
     all = good ++ [rogue]
 
     for peer <- all, do: assert(node_list(peer) == [])
