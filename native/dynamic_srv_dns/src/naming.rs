@@ -220,6 +220,16 @@ mod tests {
     #[test]
     fn port_from_name_after_a_multibyte_character() {
         // Slicing at the byte after the last non-digit char panicked inside a multi-byte one.
+        // Found by ./scripts/fuzz (node_names) through Engine::port_please, which OTP's
+        // port_please/2 reaches with any name: a name of the single character U+05BF.
+        assert!(matches!(
+            NodeName {
+                name: "\u{5bf}".into(),
+                host: "0.0.0.0".into()
+            }
+            .port_from_name(),
+            Err(NameError::NoPortInName { .. })
+        ));
         assert_eq!(node("app\u{e9}4370@h").port_from_name().unwrap(), 4370);
         assert_eq!(node("\u{1f600}1@h").port_from_name().unwrap(), 1);
         assert!(matches!(
