@@ -11,6 +11,7 @@ pub mod naming;
 pub mod node_naming;
 pub mod resolver;
 pub mod srv;
+pub mod task;
 pub mod topology;
 
 pub use cache::{Cache, Cached, Family};
