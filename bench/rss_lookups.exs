@@ -1,0 +1,134 @@
+# Memory over many lookups: does RSS stay flat? Samples this VM's VmRSS (/proc/self/status)
+# while it makes 1,000,000 cached `DynamicSrv.Epmd.address_please/3` calls and then 100,000
+# lookups of names that do not exist (NXDOMAIN from a real dnsmasq), each side by side with a
+# baseline loop in the same run: a trivial Erlang call for the hits, one `:inet_res` SRV query
+# for the misses. Prints the figures; exits 1 if our growth passes a generous bound.
+#
+#   MIX_ENV=test mix run bench/rss_lookups.exs [hits] [misses]
+#
+# Needs dnsmasq (./scripts/test installs it). Everything on loopback; dnsmasq is ended by PID.
+{:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+
+alias DynamicSrv.Epmd
+alias DynamicSrv.Test.DnsServer
+
+defmodule RssBench do
+  @moduledoc false
+
+  def rss_kb do
+    "/proc/self/status"
+    |> File.read!()
+    |> String.split("\n")
+    |> Enum.find_value(fn
+      "VmRSS:" <> rest ->
+        rest |> String.trim() |> String.trim_trailing(" kB") |> String.to_integer()
+
+      _ ->
+        nil
+    end)
+  end
+
+  # Runs `fun.(i)` for i in 1..n, sampling RSS (after a full GC, so the Erlang heap's own
+  # growth does not hide or fake a native leak) every n/10 calls.
+  def run(label, n, fun) do
+    samples =
+      for chunk <- 0..9 do
+        from = div(n * chunk, 10) + 1
+        to = div(n * (chunk + 1), 10)
+        Enum.each(from..to, fun)
+        :erlang.garbage_collect()
+        rss_kb()
+      end
+
+    {label, n, samples}
+  end
+end
+
+{hits, misses} =
+  case System.argv() do
+    [h, m] -> {String.to_integer(h), String.to_integer(m)}
+    [h] -> {String.to_integer(h), 100_000}
+    [] -> {1_000_000, 100_000}
+  end
+
+dns =
+  DnsServer.start!(
+    [{:srv, "hit.rss.test", "hit.rss.test", 4370}, {:a, "hit.rss.test", "127.0.0.9"}],
+    extra: ["--local=/rss.test/", "--local-ttl=3600"]
+  )
+
+try do
+  nameserver = DnsServer.nameserver(dns)
+  [ip, port] = String.split(nameserver, ":")
+  {:ok, ip} = :inet.parse_address(String.to_charlist(ip))
+  ns = {ip, String.to_integer(port)}
+
+  for {var, value} <- [
+        {"ERL_DIST_PORT", "4370"},
+        {"DYNAMIC_SRV_NAMESERVERS", nameserver},
+        {"DYNAMIC_SRV_MIN_TTL_MS", "3600000"}
+      ],
+      do: System.put_env(var, value)
+
+  :ignore = Epmd.start_link()
+  {:ok, {127, 0, 0, 9}, 4370, 6} = Epmd.address_please(~c"hit", ~c"rss.test", :inet)
+
+  hit = fn _ -> {:ok, _, _, _} = Epmd.address_please(~c"hit", ~c"rss.test", :inet) end
+  trivial = fn i -> :erlang.phash2({~c"hit", ~c"rss.test", :inet, i}) end
+
+  miss = fn i ->
+    {:error, :nxdomain} = Epmd.address_please(~c"missing#{i}", ~c"rss.test", :inet)
+  end
+
+  inet_res = fn i ->
+    {:error, _nxdomain} =
+      :inet_res.resolve(~c"missing#{i}.rss.test", :in, :srv, nameservers: [ns], timeout: 5_000)
+  end
+
+  # Warm-up, so allocator and code loading costs land before the first sample.
+  Enum.each(1..10_000, hit)
+  Enum.each(1..10_000, trivial)
+  Enum.each(1..1_000, miss)
+  Enum.each(1..1_000, inet_res)
+
+  results = [
+    RssBench.run("address_please, cache hit", hits, hit),
+    RssBench.run("baseline: :erlang.phash2/1", hits, trivial),
+    RssBench.run("address_please, NXDOMAIN miss", misses, miss),
+    RssBench.run("baseline: :inet_res SRV, NXDOMAIN", misses, inet_res)
+  ]
+
+  IO.puts(
+    "\n| loop | calls | RSS before (MB) | RSS after (MB) | growth (MB) | ratio | samples (MB, every 10%) |"
+  )
+
+  IO.puts("|---|---:|---:|---:|---:|---:|---|")
+
+  mb = fn kb -> :erlang.float_to_binary(kb / 1024, decimals: 1) end
+
+  for {label, n, [first | _] = samples} <- results do
+    before = first
+    last = List.last(samples)
+
+    IO.puts(
+      "| #{label} | #{n} | #{mb.(before)} | #{mb.(last)} | #{mb.(last - before)} | " <>
+        "#{:erlang.float_to_binary(last / before, decimals: 3)} | " <>
+        "#{Enum.map_join(samples, " ", mb)} |"
+    )
+  end
+
+  IO.puts(
+    "\n(growth: last sample minus the first, each after a full GC; first sample after 10% of the calls)"
+  )
+
+  [{_, _, hit_samples}, _, {_, _, miss_samples}, _] = results
+  growth_kb = fn samples -> List.last(samples) - hd(samples) end
+  bound_kb = 32 * 1024
+
+  if growth_kb.(hit_samples) > bound_kb or growth_kb.(miss_samples) > bound_kb do
+    IO.puts("FAIL: RSS grew by more than 32 MB over the loop")
+    System.halt(1)
+  end
+after
+  DnsServer.stop_and_clean(dns)
+end
