@@ -131,6 +131,23 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
     end
   end
 
+  describe "names that made the NIF panic" do
+    test "a name ending in a multi-byte character, in name mode" do
+      # Both paths reached a Rust panic (slicing inside 'é' / U+05BF) before the fix; rustler
+      # turned it into an ErlangError (:nif_panicked) raised inside net_kernel's callback.
+      :ok = Native.load()
+
+      {:ok, engine} =
+        Native.configure(%{"DYNAMIC_SRV_PORT_MODE" => "name", "DYNAMIC_SRV_NAMESERVERS" => dead()})
+
+      assert Native.lookup_cached(engine, "app\u00e94370@127.0.0.1", :inet) ==
+               {:ok, {127, 0, 0, 1}, 4370}
+
+      assert Native.port_please(engine, "\u05bf", {127, 0, 0, 1}) == :noport
+      assert Native.port_please(engine, "app\u00e94370", {127, 0, 0, 1}) == {:ok, 4370}
+    end
+  end
+
   describe "failing lookups" do
     @describetag timeout: 120_000
 
