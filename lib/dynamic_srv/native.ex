@@ -80,4 +80,6 @@ defmodule DynamicSrv.Native do
   def topology_apply(_topology, _records), do: :erlang.nif_error(:nif_not_loaded)
   def topology_fail(_topology, _reason), do: :erlang.nif_error(:nif_not_loaded)
   def topology_members(_topology), do: :erlang.nif_error(:nif_not_loaded)
+  # Only in a library built with the test-only cargo feature `panic-probe`.
+  def panic_probe(_place, _pid, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

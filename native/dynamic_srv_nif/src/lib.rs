@@ -375,4 +375,30 @@ fn decode_ip(term: Term) -> NifResult<IpAddr> {
     }
 }
 
+/// Test-only (feature `panic-probe`, never in the library `mix compile` builds): panics on
+/// purpose in the NIF call itself (`place` = `:call`) or in a task on the DNS thread (any
+/// other atom), which then must still reply to `pid` with `{tag, {:error, :internal_error, _}}`.
+#[cfg(feature = "panic-probe")]
+#[rustler::nif]
+fn panic_probe<'a>(env: Env<'a>, place: Atom, pid: LocalPid, tag: Term<'a>) -> NifResult<Term<'a>> {
+    if place.to_term(env).atom_to_string()? == "call" {
+        panic!("panic probe: in the NIF call");
+    }
+    let work = async {
+        let fail = true;
+        if fail {
+            panic!("panic probe: in the DNS task");
+        }
+        Some(())
+    };
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, ()| atoms::ok().encode(env),
+        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+    ))
+}
+
 rustler::init!("Elixir.DynamicSrv.Native");
