@@ -327,10 +327,12 @@ defmodule DynamicSrv.Diagnosis do
     %{node: node, how: "?", probes: [lost(node)], endpoint: nil, problems: []}
   end
 
-  # A node check makes up to two bounded queries.
+  # A node check makes up to two bounded queries. A probe that crashed on the DNS thread
+  # replies `{:error, :internal_error, _}`: shown like one that never answered.
   defp await(tag, timeout_ms, on_timeout) do
     receive do
-      {^tag, result} -> result
+      {^tag, %{} = result} -> result
+      {^tag, {:error, :internal_error, _message}} -> on_timeout.()
     after
       2 * timeout_ms + 2_000 -> on_timeout.()
     end

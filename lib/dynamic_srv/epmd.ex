@@ -72,7 +72,7 @@ defmodule DynamicSrv.Epmd do
     node = node_string(name, host)
 
     with {:ok, {engine, timeout}} <- engine() do
-      case Native.lookup_cached(engine, node, family) do
+      case nif_call(fn -> Native.lookup_cached(engine, node, family) end) do
         {:ok, ip, port} ->
           {:ok, ip, port, @dist_version}
 
@@ -140,7 +140,7 @@ defmodule DynamicSrv.Epmd do
     DynamicSrv.LogForwarder.ensure_started()
     tag = make_ref()
 
-    case Native.lookup(engine, node, family, self(), tag) do
+    case nif_call(fn -> Native.lookup(engine, node, family, self(), tag) end) do
       :ok ->
         receive do
           {^tag, {:ok, ip, port}} -> {:ok, ip, port, @dist_version}
@@ -150,6 +150,9 @@ defmodule DynamicSrv.Epmd do
         end
 
       {:error, reason} ->
+        {:error, reason}
+
+      {:error, reason, _message} ->
         {:error, reason}
     end
   end
@@ -165,6 +168,15 @@ defmodule DynamicSrv.Epmd do
   defp unspecified(_inet), do: {0, 0, 0, 0}
 
   defp node_string(name, host), do: "#{name}@#{host}"
+
+  # This runs inside net_kernel: a NIF bug (rustler turns a Rust panic into an ErlangError)
+  # must fail one connection attempt, not crash net_kernel and with it every connection.
+  defp nif_call(fun) do
+    fun.()
+  rescue
+    error in [ErlangError, ArgumentError] ->
+      {:error, :internal_error, Exception.message(error)}
+  end
 
   # Printed on stderr as well as returned: at boot the return value ends up deep inside a
   # "Kernel pid terminated" tuple that few people read to the end.

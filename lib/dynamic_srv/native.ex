@@ -22,20 +22,37 @@ defmodule DynamicSrv.Native do
     else
       path = library_path()
 
-      case :erlang.load_nif(String.to_charlist(path), 0) do
-        :ok ->
-          :persistent_term.put({__MODULE__, :loaded}, true)
-
-        # Another process loaded it between our check and our call.
-        {:error, {:reload, _}} ->
-          :persistent_term.put({__MODULE__, :loaded}, true)
-
-        {:error, {reason, text}} ->
-          {:error,
-           "cannot load the DynamicSrv NIF #{path}.so (#{reason}: #{text}); " <>
-             "rebuild it with `mix compile` (needs cargo)"}
+      with :ok <- library_whole(path),
+           :ok <- load_nif(path) do
+        :persistent_term.put({__MODULE__, :loaded}, true)
       end
     end
+  end
+
+  defp library_whole(path) do
+    case DynamicSrv.Native.LibraryFile.check(path <> ".so") do
+      :ok -> :ok
+      {:error, why} -> {:error, cannot_load(path, why)}
+    end
+  end
+
+  defp load_nif(path) do
+    case :erlang.load_nif(String.to_charlist(path), 0) do
+      :ok ->
+        :ok
+
+      # Another process loaded it between our check and our call.
+      {:error, {:reload, _}} ->
+        :ok
+
+      {:error, {reason, text}} ->
+        {:error, cannot_load(path, "#{reason}: #{text}")}
+    end
+  end
+
+  defp cannot_load(path, why) do
+    "cannot load the DynamicSrv NIF #{path}.so (#{why}); " <>
+      "rebuild it with `mix compile` (needs cargo)"
   end
 
   defp library_path do
@@ -76,4 +93,7 @@ defmodule DynamicSrv.Native do
 
   def diagnose_query(_diagnoser, _kind, _name, _pid, _tag),
     do: :erlang.nif_error(:nif_not_loaded)
+
+  # Only in a library built with the test-only cargo feature `panic-probe`.
+  def panic_probe(_place, _pid, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

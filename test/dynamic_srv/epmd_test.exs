@@ -80,8 +80,8 @@ defmodule DynamicSrv.EpmdTest do
        "ERL_DIST_PORT is not set: DYNAMIC_SRV_PORT_MODE=static needs this node's listen port, " <>
          "an integer from 1 to 65535 (or use DYNAMIC_SRV_PORT_MODE=name)"},
       {%{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_NAMESERVERS" => "dns.example:53"},
-       ~s(DYNAMIC_SRV_NAMESERVERS="dns.example:53": "dns.example:53" is not a nameserver ) <>
-         "address: expected a comma-separated list of ip:port, e.g. 127.0.0.1:8600 or " <>
+       ~s(DYNAMIC_SRV_NAMESERVERS="dns.example:53": "dns.example:53" is a host name: ) <>
+         "nameservers must be IP addresses, e.g. 127.0.0.1:8600 or " <>
          "[::1]:53 (unset it to use /etc/resolv.conf)"},
       {%{"ERL_DIST_PORT" => "4370", "DYNAMIC_SRV_PORT_MODE" => "dynamic"},
        ~s(DYNAMIC_SRV_PORT_MODE="dynamic" is not a port mode: expected srv, name or static)},

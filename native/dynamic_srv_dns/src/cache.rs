@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 /// How many entries the cache holds before it drops the ones past their stale window.
 pub const DEFAULT_CAPACITY: usize = 65_536;
 
+/// The longest a DNS TTL keeps an answer fresh (one day, as unbound's `cache-max-ttl`): an
+/// answer with TTL 2^31 s, spoofed or mistyped, must not pin an address for decades.
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+
+/// How long an answer with `ttl_s` stays fresh: its TTL, capped at `MAX_TTL`, and at least
+/// `min_ttl` (which the operator sets, so it is not capped).
+pub fn hold(ttl_s: u32, min_ttl: Duration) -> Duration {
+    Duration::from_secs(ttl_s.into()).min(MAX_TTL).max(min_ttl)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     Inet,
@@ -393,6 +403,14 @@ mod tests {
         cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0 + 3 * SEC);
         assert_eq!(cache.len(), 1);
         assert!(cache.entry("c@h", Family::Inet).is_some());
+    }
+
+    #[test]
+    fn hold_caps_huge_ttls_but_honours_min_ttl() {
+        assert_eq!(hold(u32::MAX, Duration::ZERO), MAX_TTL);
+        assert_eq!(hold(30, 5 * SEC), 30 * SEC);
+        assert_eq!(hold(0, 5 * SEC), 5 * SEC);
+        assert_eq!(hold(u32::MAX, 2 * MAX_TTL), 2 * MAX_TTL);
     }
 
     #[test]

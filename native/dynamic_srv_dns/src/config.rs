@@ -1,10 +1,11 @@
 //! Configuration read from environment variables when distribution starts.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::naming::validate_dns_name;
 
 pub const ERL_DIST_PORT: &str = "ERL_DIST_PORT";
 pub const NAMESERVERS: &str = "DYNAMIC_SRV_NAMESERVERS";
@@ -215,13 +216,15 @@ pub fn settings(get: impl Fn(&str) -> Option<String>) -> Vec<Setting> {
         .collect()
 }
 
+/// At most this many entries in `DYNAMIC_SRV_NAMESERVERS` (resolv.conf itself takes three).
+pub const MAX_NAMESERVERS: usize = 16;
+
 pub fn parse_port(var: &'static str, value: &str) -> Result<u16, ConfigError> {
-    let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-    match value.parse::<u16>() {
-        Ok(port) if port > 0 && digits_only => Ok(port),
+    match parse_digits(value) {
+        Some(port @ 1..=65535) => Ok(port as u16),
         _ => Err(ConfigError::InvalidPort {
             var,
-            value: value.to_string(),
+            value: value.into(),
         }),
     }
 }
@@ -233,31 +236,102 @@ pub fn parse_port_mode(value: &str) -> Result<PortMode, ConfigError> {
         "static" => Ok(PortMode::Static),
         _ => Err(ConfigError::InvalidPortMode {
             var: PORT_MODE,
-            value: value.to_string(),
+            value: value.into(),
         }),
     }
 }
 
-/// Parses `ip:port[,ip:port...]`; `[v6]:port` for IPv6. A bare IP means port 53.
+/// Parses `ip:port[,ip:port...]`; IPv6 in brackets, `[v6]:port`. A bare IP (`10.0.0.2`,
+/// `[::1]`) means port 53. Duplicates are dropped.
 pub fn parse_nameservers(var: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    let invalid = |entry: &str| ConfigError::InvalidNameserver {
-        var,
-        value: value.to_string(),
-        entry: entry.to_string(),
-    };
+    let count = value.split(',').count();
+    if count > MAX_NAMESERVERS {
+        return Err(ConfigError::TooManyNameservers {
+            var,
+            value: value.into(),
+            count,
+            max: MAX_NAMESERVERS,
+        });
+    }
     let mut servers = Vec::new();
     for entry in value.split(',') {
-        let entry = entry.trim();
-        let addr = entry
-            .parse::<SocketAddr>()
-            .or_else(|_| entry.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-            .map_err(|_| invalid(entry))?;
-        if addr.port() == 0 {
-            return Err(invalid(entry));
+        let addr = parse_nameserver(entry.trim()).map_err(|kind| kind.error(var, value, entry))?;
+        if !servers.contains(&addr) {
+            servers.push(addr);
         }
-        servers.push(addr);
     }
     Ok(servers)
+}
+
+/// What is wrong with one nameserver entry.
+enum BadEntry {
+    Empty,
+    Unbracketed,
+    HostName,
+    Invalid,
+}
+
+impl BadEntry {
+    fn error(self, var: &'static str, value: &str, entry: &str) -> ConfigError {
+        let (value, entry) = (value.into(), entry.trim().into());
+        match self {
+            Self::Empty => ConfigError::EmptyNameserverEntry { var, value },
+            Self::Unbracketed => ConfigError::UnbracketedIpv6 { var, value, entry },
+            Self::HostName => ConfigError::NameserverHostName { var, value, entry },
+            Self::Invalid => ConfigError::InvalidNameserver { var, value, entry },
+        }
+    }
+}
+
+fn parse_nameserver(entry: &str) -> Result<SocketAddr, BadEntry> {
+    if entry.is_empty() {
+        return Err(BadEntry::Empty);
+    }
+    let bracketed_ip = || {
+        let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+        inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    };
+    if let Some(ip) = entry
+        .parse::<Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+        .or_else(bracketed_ip)
+    {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    // `::1:53` is a valid IPv6 address, but most likely meant [::1]:53: never guess.
+    if entry.parse::<Ipv6Addr>().is_ok() {
+        return Err(BadEntry::Unbracketed);
+    }
+    match entry.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 && port_is_plain_digits(entry) => Ok(addr),
+        Ok(_) => Err(BadEntry::Invalid),
+        Err(_) => {
+            let host = entry.rsplit_once(':').map_or(entry, |(host, _)| host);
+            let named =
+                validate_dns_name(host).is_ok() && host.bytes().any(|b| b.is_ascii_alphabetic());
+            Err(if named {
+                BadEntry::HostName
+            } else {
+                BadEntry::Invalid
+            })
+        }
+    }
+}
+
+fn port_is_plain_digits(entry: &str) -> bool {
+    entry
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| parse_digits(port).is_some())
+}
+
+/// A non-negative decimal integer of ASCII digits only: no sign, space, `0x` or `_`, which
+/// Rust's own parser would partly accept (`+5`). `None` also when it overflows a u64.
+fn parse_digits(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 fn parse_bounded(
@@ -267,11 +341,11 @@ fn parse_bounded(
     max: u64,
     expected: &'static str,
 ) -> Result<u64, ConfigError> {
-    match value.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
+    match parse_digits(value) {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError::InvalidNumber {
             var,
-            value: value.to_string(),
+            value: value.into(),
             expected,
         }),
     }
@@ -280,6 +354,7 @@ fn parse_bounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::EnvValue;
     use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -353,28 +428,214 @@ mod tests {
 
     #[test]
     fn rejects_bad_nameservers() {
-        for (bad, entry) in [
-            ("localhost:53", "localhost:53"),
-            ("127.0.0.1:99999", "127.0.0.1:99999"),
-            ("127.0.0.1:0", "127.0.0.1:0"),
-            ("127.0.0.1:53,", ""),
-            ("", ""),
-            ("::1:53:x", "::1:53:x"),
+        let generic = |value: &str, entry: &str| ConfigError::InvalidNameserver {
+            var: NAMESERVERS,
+            value: value.into(),
+            entry: entry.into(),
+        };
+        let host = |value: &str, entry: &str| ConfigError::NameserverHostName {
+            var: NAMESERVERS,
+            value: value.into(),
+            entry: entry.into(),
+        };
+        let unbracketed = |value: &str, entry: &str| ConfigError::UnbracketedIpv6 {
+            var: NAMESERVERS,
+            value: value.into(),
+            entry: entry.into(),
+        };
+        let empty = |value: &str| ConfigError::EmptyNameserverEntry {
+            var: NAMESERVERS,
+            value: value.into(),
+        };
+        for (bad, expected) in [
+            ("localhost:53", host("localhost:53", "localhost:53")),
+            ("dns.example", host("dns.example", "dns.example")),
+            (
+                "127.0.0.1:99999",
+                generic("127.0.0.1:99999", "127.0.0.1:99999"),
+            ),
+            ("127.0.0.1:0", generic("127.0.0.1:0", "127.0.0.1:0")),
+            ("127.0.0.1:+53", generic("127.0.0.1:+53", "127.0.0.1:+53")),
+            ("127.0.0.1:-53", generic("127.0.0.1:-53", "127.0.0.1:-53")),
+            (
+                "127.0.0.1:0x35",
+                generic("127.0.0.1:0x35", "127.0.0.1:0x35"),
+            ),
+            ("127.1:53", generic("127.1:53", "127.1:53")),
+            ("127.000.0.1", generic("127.000.0.1", "127.000.0.1")),
+            ("::1:53", unbracketed("::1:53", "::1:53")),
+            ("::1", unbracketed("::1", "::1")),
+            ("fd00::1", unbracketed("fd00::1", "fd00::1")),
+            ("::1:53:x", generic("::1:53:x", "::1:53:x")),
+            ("[::1]:0", generic("[::1]:0", "[::1]:0")),
+            (
+                "[127.0.0.1]:53",
+                generic("[127.0.0.1]:53", "[127.0.0.1]:53"),
+            ),
+            ("127.0.0.1:53,", empty("127.0.0.1:53,")),
+            (
+                "127.0.0.1:53,,127.0.0.2:53",
+                empty("127.0.0.1:53,,127.0.0.2:53"),
+            ),
+            (",127.0.0.1:53", empty(",127.0.0.1:53")),
+            ("", empty("")),
+            ("   ", empty("   ")),
+            (
+                "127.0.0.1;127.0.0.2",
+                generic("127.0.0.1;127.0.0.2", "127.0.0.1;127.0.0.2"),
+            ),
+            (
+                "\u{661}27.0.0.1",
+                generic("\u{661}27.0.0.1", "\u{661}27.0.0.1"),
+            ),
+            (
+                "127.0.0.1\n:53",
+                generic("127.0.0.1\n:53", "127.0.0.1\n:53"),
+            ),
         ] {
             let err = from(&[(ERL_DIST_PORT, "1"), (NAMESERVERS, bad)]).unwrap_err();
-            assert_eq!(
-                err,
-                ConfigError::InvalidNameserver {
-                    var: NAMESERVERS,
-                    value: bad.into(),
-                    entry: entry.into()
-                }
-            );
+            assert_eq!(err, expected, "{bad:?}");
+            let message = err.to_string();
             assert!(
-                err.to_string().contains("DYNAMIC_SRV_NAMESERVERS="),
-                "{err}"
+                message.starts_with(&format!("DYNAMIC_SRV_NAMESERVERS={bad:?}")),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn names_each_kind_of_bad_nameserver_clearly() {
+        let message = |value: &str| {
+            from(&[(ERL_DIST_PORT, "1"), (NAMESERVERS, value)])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            message("::1:53"),
+            "DYNAMIC_SRV_NAMESERVERS=\"::1:53\": \"::1:53\" is an IPv6 address without \
+             brackets: write [address]:port, e.g. [::1]:53 or [fd00::1]:8600"
+        );
+        assert_eq!(
+            message("consul:8600"),
+            "DYNAMIC_SRV_NAMESERVERS=\"consul:8600\": \"consul:8600\" is a host name: \
+             nameservers must be IP addresses, e.g. 127.0.0.1:8600 or [::1]:53 \
+             (unset it to use /etc/resolv.conf)"
+        );
+        assert_eq!(
+            message("127.0.0.1,,"),
+            "DYNAMIC_SRV_NAMESERVERS=\"127.0.0.1,,\" has an empty entry: expected a \
+             comma-separated list of ip:port with no empty items, e.g. 127.0.0.1:8600,[::1]:53 \
+             (unset it to use /etc/resolv.conf)"
+        );
+        let many = vec!["127.0.0.1:53"; MAX_NAMESERVERS + 1].join(",");
+        assert!(
+            message(&many).ends_with("lists 17 nameservers: at most 16 are allowed"),
+            "{}",
+            message(&many)
+        );
+    }
+
+    #[test]
+    fn bracketed_ipv6_without_port_means_53_and_duplicates_collapse() {
+        let config = from(&[
+            (ERL_DIST_PORT, "1"),
+            (NAMESERVERS, "[::1],[::1]:53,127.0.0.1,127.0.0.1:53"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.nameservers,
+            vec![
+                "[::1]:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:53".parse().unwrap()
+            ]
+        );
+        let max = vec!["127.0.0.1:53"; MAX_NAMESERVERS].join(",");
+        assert!(from(&[(ERL_DIST_PORT, "1"), (NAMESERVERS, &max)]).is_ok());
+    }
+
+    #[test]
+    fn numbers_are_plain_decimal_digits() {
+        for var in [LOOKUP_TIMEOUT_MS, MIN_TTL_MS, MAX_STALE_S] {
+            for bad in [
+                "",
+                " ",
+                "+100",
+                "-0",
+                " 100",
+                "100 ",
+                "0x64",
+                "1e3",
+                "1_000",
+                "100ms",
+                "1.5",
+                "\u{661}\u{660}\u{660}",
+                "\u{ff11}\u{ff10}\u{ff10}",
+                "100\u{0}",
+                "18446744073709551616",
+                "99999999999999999999999999",
+            ] {
+                let err = from(&[(ERL_DIST_PORT, "1"), (var, bad)]).unwrap_err();
+                assert!(
+                    matches!(&err, ConfigError::InvalidNumber { var: v, value, .. }
+                        if *v == var && value.0 == bad),
+                    "{var}={bad:?}: {err}"
+                );
+            }
+        }
+        let config = from(&[(ERL_DIST_PORT, "1"), (MIN_TTL_MS, "000100")]).unwrap();
+        assert_eq!(config.min_ttl, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn ports_are_plain_decimal_digits() {
+        for bad in [
+            "\u{ff14}\u{ff13}\u{ff17}\u{ff10}",
+            "0x1112",
+            "4370\n",
+            "\t4370",
+            "4 370",
+            "18446744073709551616",
+            "65536",
+            "4370.0",
+        ] {
+            assert!(
+                matches!(
+                    from(&[(ERL_DIST_PORT, bad)]),
+                    Err(ConfigError::InvalidPort { .. })
+                ),
+                "{bad:?}"
             );
         }
+        assert_eq!(
+            from(&[(ERL_DIST_PORT, "065535")]).unwrap().dist_port,
+            Some(65535)
+        );
+    }
+
+    #[test]
+    fn messages_stay_one_short_line_whatever_the_value() {
+        let long = "9".repeat(100_000);
+        let message = from(&[(ERL_DIST_PORT, &long)]).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "ERL_DIST_PORT=\"{}\"... (100000 bytes) is not a valid port: expected an \
+                 integer from 1 to 65535",
+                "9".repeat(EnvValue::SHOWN_CHARS)
+            )
+        );
+        let control = "43\u{1b}[2J\r\n70\u{7f}";
+        let message = from(&[(ERL_DIST_PORT, control)]).unwrap_err().to_string();
+        assert!(
+            message.starts_with("ERL_DIST_PORT=\"43\\u{1b}[2J\\r\\n70\\u{7f}\" is not"),
+            "{message}"
+        );
+        assert!(!message.chars().any(char::is_control), "{message}");
+        // Cut on a character, never inside one.
+        let wide = "\u{e9}".repeat(100);
+        let message = from(&[(PORT_MODE, &wide)]).unwrap_err().to_string();
+        assert!(message.contains("... (200 bytes)"), "{message}");
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Engine {
     /// not take the port of the node they serve. For a helper, remembers which node it serves.
     pub fn listen_port(&self, node: &str) -> Result<u16, NameError> {
         let node = NodeName::parse(node)?;
+        node.check_resolvable(self.config.port_mode)?;
         let port = if node.is_helper() {
             0
         } else {
@@ -127,7 +128,7 @@ impl Engine {
             Ok((endpoint, ttl)) => {
                 self.cache.note_dns_answer();
                 self.log_answered(now);
-                let hold = Duration::from_secs(ttl.into()).max(self.config.min_ttl);
+                let hold = crate::cache::hold(ttl, self.config.min_ttl);
                 self.cache
                     .insert(&key, family, endpoint, hold, self.config.max_stale, now);
                 tracing::debug!(node = %node, %endpoint, ttl, "{node} resolved to {endpoint}");

@@ -1,6 +1,7 @@
 //! Error types. Every message names the offending value and what was expected, because these
 //! strings are shown verbatim to operators when distribution refuses to start.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::config::PortMode;
@@ -9,7 +10,7 @@ use crate::config::PortMode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{var}={value:?} is not a valid port: expected an integer from 1 to 65535")]
-    InvalidPort { var: &'static str, value: String },
+    InvalidPort { var: &'static str, value: EnvValue },
 
     #[error(
         "{var} is not set: DYNAMIC_SRV_PORT_MODE={mode} needs this node's listen port, \
@@ -23,17 +24,51 @@ pub enum ConfigError {
     )]
     InvalidNameserver {
         var: &'static str,
-        value: String,
-        entry: String,
+        value: EnvValue,
+        entry: EnvValue,
+    },
+
+    #[error(
+        "{var}={value:?}: {entry:?} is a host name: nameservers must be IP addresses, \
+         e.g. 127.0.0.1:8600 or [::1]:53 (unset it to use /etc/resolv.conf)"
+    )]
+    NameserverHostName {
+        var: &'static str,
+        value: EnvValue,
+        entry: EnvValue,
+    },
+
+    #[error(
+        "{var}={value:?}: {entry:?} is an IPv6 address without brackets: write [address]:port, \
+         e.g. [::1]:53 or [fd00::1]:8600"
+    )]
+    UnbracketedIpv6 {
+        var: &'static str,
+        value: EnvValue,
+        entry: EnvValue,
+    },
+
+    #[error(
+        "{var}={value:?} has an empty entry: expected a comma-separated list of ip:port \
+         with no empty items, e.g. 127.0.0.1:8600,[::1]:53 (unset it to use /etc/resolv.conf)"
+    )]
+    EmptyNameserverEntry { var: &'static str, value: EnvValue },
+
+    #[error("{var}={value:?} lists {count} nameservers: at most {max} are allowed")]
+    TooManyNameservers {
+        var: &'static str,
+        value: EnvValue,
+        count: usize,
+        max: usize,
     },
 
     #[error("{var}={value:?} is not a port mode: expected srv, name or static")]
-    InvalidPortMode { var: &'static str, value: String },
+    InvalidPortMode { var: &'static str, value: EnvValue },
 
     #[error("{var}={value:?} is not valid: expected {expected}")]
     InvalidNumber {
         var: &'static str,
-        value: String,
+        value: EnvValue,
         expected: &'static str,
     },
 
@@ -41,6 +76,31 @@ pub enum ConfigError {
         "cannot read the system resolver configuration ({detail}); set DYNAMIC_SRV_NAMESERVERS"
     )]
     SystemResolver { detail: String },
+}
+
+/// A value from the environment as an error message shows it: quoted and escaped (so control
+/// characters cannot break the one-line message or the terminal), and cut after
+/// `EnvValue::SHOWN_CHARS` characters, so a runaway value does not bury the message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvValue(pub String);
+
+impl EnvValue {
+    pub const SHOWN_CHARS: usize = 64;
+}
+
+impl From<&str> for EnvValue {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(Self::SHOWN_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}... ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
 }
 
 /// A node name that cannot be mapped to DNS or to a port.
@@ -66,6 +126,9 @@ pub enum NameError {
          that no record announces, so it is never dialed"
     )]
     ReleaseHelper { node: String },
+
+    #[error("node name {node:?} cannot be looked up by its peers: {why}")]
+    Unresolvable { node: String, why: String },
 }
 
 /// A lookup that produced no usable address.

@@ -14,6 +14,7 @@ pub mod node_naming;
 pub mod outage;
 pub mod resolver;
 pub mod srv;
+pub mod task;
 pub mod topology;
 
 pub use cache::{Cache, Cached, Family};

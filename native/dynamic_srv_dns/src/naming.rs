@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use crate::config::PortMode;
 use crate::error::NameError;
 
 const MAX_NAME_LEN: usize = 253;
@@ -40,9 +41,12 @@ impl NodeName {
 
     /// The port in the trailing digits of the name part: `app-4370@host` -> 4370.
     pub fn port_from_name(&self) -> Result<u16, NameError> {
+        // By byte: the digits are ASCII, so the byte after the last non-digit byte starts a
+        // character even when that non-digit is the tail of a multi-byte one (`appé4370`).
         let digits_start = self
             .name
-            .rfind(|c: char| !c.is_ascii_digit())
+            .bytes()
+            .rposition(|b| !b.is_ascii_digit())
             .map_or(0, |i| i + 1);
         let digits = &self.name[digits_start..];
         if digits.is_empty() {
@@ -57,6 +61,24 @@ impl NodeName {
                 digits: digits.to_string(),
             }),
         }
+    }
+
+    /// Checks that peers can look this node up in `mode`: the host is an IP address or a
+    /// valid DNS name, and in `srv` mode `name.host` is a valid DNS name too. OTP checks only
+    /// the name part, and a node with a name nobody can resolve would start and stay alone.
+    pub fn check_resolvable(&self, mode: PortMode) -> Result<(), NameError> {
+        if self.host_ip().is_some() {
+            return Ok(());
+        }
+        let unresolvable = |error: NameError| NameError::Unresolvable {
+            node: self.to_string(),
+            why: error.to_string(),
+        };
+        validate_dns_name(&self.host).map_err(unresolvable)?;
+        if mode == PortMode::Srv {
+            self.srv_name().map_err(unresolvable)?;
+        }
+        Ok(())
     }
 
     /// For a release helper node (`rpc-XXXX-<node>` or `rem-XXXX-<node>`, XXXX four lowercase
@@ -193,6 +215,70 @@ mod tests {
         assert!(node("app-4370@h").port_from_name().map(|_| ()).is_ok());
         let message = node("app@h").port_from_name().unwrap_err().to_string();
         assert!(message.contains("app-4370@host"), "{message}");
+    }
+
+    #[test]
+    fn port_from_name_after_a_multibyte_character() {
+        // Slicing at the byte after the last non-digit char panicked inside a multi-byte one.
+        // Found by ./scripts/fuzz (node_names) through Engine::port_please, which OTP's
+        // port_please/2 reaches with any name: a name of the single character U+05BF.
+        assert!(matches!(
+            NodeName {
+                name: "\u{5bf}".into(),
+                host: "0.0.0.0".into()
+            }
+            .port_from_name(),
+            Err(NameError::NoPortInName { .. })
+        ));
+        assert_eq!(node("app\u{e9}4370@h").port_from_name().unwrap(), 4370);
+        assert_eq!(node("\u{1f600}1@h").port_from_name().unwrap(), 1);
+        assert!(matches!(
+            node("app\u{e9}@h").port_from_name(),
+            Err(NameError::NoPortInName { .. })
+        ));
+    }
+
+    #[test]
+    fn own_name_must_be_resolvable_for_the_mode() {
+        for good in [
+            "app@host",
+            "app@ho_st.x",
+            "a@127.0.0.1",
+            "a@::1",
+            "rpc-1a2b-app@h.x",
+        ] {
+            for mode in [PortMode::Srv, PortMode::Name, PortMode::Static] {
+                assert_eq!(node(good).check_resolvable(mode), Ok(()), "{good} {mode}");
+            }
+        }
+        let long_label = format!("{}@h.x", "a".repeat(64));
+        for mode in [PortMode::Srv, PortMode::Name, PortMode::Static] {
+            for bad in [
+                "app@bad!host",
+                "app@-host.x",
+                "app@host..x",
+                "app@h\u{e9}.x",
+            ] {
+                assert!(
+                    matches!(
+                        node(bad).check_resolvable(mode),
+                        Err(NameError::Unresolvable { .. })
+                    ),
+                    "{bad} {mode}"
+                );
+            }
+        }
+        // Only the SRV name contains the name part.
+        assert!(node(&long_label).check_resolvable(PortMode::Srv).is_err());
+        assert!(node(&long_label).check_resolvable(PortMode::Static).is_ok());
+        assert_eq!(
+            node("app@bad!host")
+                .check_resolvable(PortMode::Srv)
+                .unwrap_err()
+                .to_string(),
+            "node name \"app@bad!host\" cannot be looked up by its peers: \"bad!host\" is not \
+             a valid DNS name: only letters, digits, '-' and '_' are allowed"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
@@ -231,7 +231,7 @@ impl Topology {
         for family in [Family::Inet, Family::Inet6] {
             if let Some((ip, address_ttl)) = answer.address_of(&record.target, family) {
                 let ttl = record.ttl.min(address_ttl);
-                let hold = Duration::from_secs(ttl.into()).max(config.min_ttl);
+                let hold = crate::cache::hold(ttl, config.min_ttl);
                 self.engine.cache().insert(
                     &parsed.key(),
                     family,

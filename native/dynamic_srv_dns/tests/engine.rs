@@ -492,3 +492,38 @@ async fn release_helper_reaches_its_node_over_loopback_on_the_dist_port_without_
     );
     assert_eq!(server.queries("SRV", "main.h.dyn.test"), 1);
 }
+
+/// Regression (./scripts/fuzz, node_names): OTP's port_please/2 hands over any name; one ending
+/// in a multi-byte character panicked in name mode. Also every entry point with hostile names.
+#[tokio::test]
+async fn hostile_node_names_get_errors_not_panics() {
+    let ip = "127.0.0.1".parse().unwrap();
+    for mode in [PortMode::Srv, PortMode::Name, PortMode::Static] {
+        let engine = engine(config(dead_nameserver(), mode));
+        // Only static mode has a port for a name without digits.
+        let expected = (mode == PortMode::Static).then_some(DIST_PORT);
+        assert_eq!(engine.port_please("\u{5bf}", ip), expected);
+        for node in [
+            "app\u{e9}4370@h",
+            "\u{5bf}@h",
+            "a@\u{5bf}",
+            "@",
+            "a@b@c",
+            "",
+            "a@",
+            "a@-.x",
+        ] {
+            let _ = engine.listen_port(node);
+            let _ = engine.cached(node, Family::Inet);
+            let _ = engine.cached(node, Family::Inet6);
+        }
+    }
+    let engine = engine(config(dead_nameserver(), PortMode::Name));
+    assert_eq!(engine.port_please("app\u{e9}4370", ip), Some(4370));
+    assert_eq!(
+        engine
+            .cached("app\u{e9}4370@127.0.0.1", Family::Inet)
+            .unwrap(),
+        Cached::Fresh(addr("127.0.0.1:4370"))
+    );
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use dynamic_srv_dns::config::{parse_nameservers, settings, Source, NAMESERVERS, VARIABLES};
 use dynamic_srv_dns::diagnosis::{Diagnoser, NodeCheck, Probe};
 use dynamic_srv_dns::resolver::SrvRecord;
+use dynamic_srv_dns::task::catch_panic;
 use dynamic_srv_dns::{
     Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, Topology, TopologyConfig,
 };
@@ -26,7 +27,7 @@ mod log;
 
 mod atoms {
     rustler::atoms! {
-        ok, error, miss, inet, inet6, noport, runtime_unavailable,
+        ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
@@ -154,6 +155,7 @@ fn lookup<'a>(
             Ok(endpoint) => ok_endpoint(env, endpoint),
             Err(error) => lookup_error(env, &error),
         },
+        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
     ))
 }
 
@@ -227,21 +229,30 @@ fn topology_poll<'a>(
     tag: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let topology = topology.0.clone();
+    let failed = topology.clone();
     let work = async move { Some(topology.poll().await) };
-    Ok(reply_later(env, pid, tag, work, |env, poll| {
-        encode_poll(env, &poll)
-    }))
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, poll| encode_poll(env, &poll),
+        // A poll that died is a failed poll: it keeps the membership, like a DNS outage.
+        move |env, message| encode_poll(env, &failed.apply_failure(&message)),
+    ))
 }
 
 /// Runs `work` on the DNS thread, never on a scheduler, then sends `{tag, encode(output)}` to
-/// `pid`, or nothing if `work` gives nothing. Returns `:ok`, or
-/// `{:error, :runtime_unavailable}` if the thread could not start.
+/// `pid`, or nothing if `work` gives nothing. If `work` panics (a bug), the runtime thread
+/// survives and `pid` gets `{tag, on_panic(message)}` instead of waiting for its timeout.
+/// Returns `:ok`, or `{:error, :runtime_unavailable}` if the thread could not start.
 fn reply_later<'a, T: Send + 'static>(
     env: Env<'a>,
     pid: LocalPid,
     tag: Term<'a>,
     work: impl Future<Output = Option<T>> + Send + 'static,
     encode: impl for<'b> FnOnce(Env<'b>, T) -> Term<'b> + Send + 'static,
+    on_panic: impl for<'b> FnOnce(Env<'b>, String) -> Term<'b> + Send + 'static,
 ) -> Term<'a> {
     let Ok(runtime) = runtime() else {
         return (atoms::error(), atoms::runtime_unavailable()).encode(env);
@@ -249,33 +260,46 @@ fn reply_later<'a, T: Send + 'static>(
     let mut reply = OwnedEnv::new();
     let tag = reply.save(tag);
     runtime.spawn(async move {
-        if let Some(output) = work.await {
-            // The caller may be gone; nothing to do about it here.
-            let _ =
-                reply.send_and_clear(&pid, |env| (tag.load(env), encode(env, output)).encode(env));
-        }
+        // The caller may be gone; nothing to do about it here.
+        let _ = match catch_panic(work).await {
+            Ok(None) => return,
+            Ok(Some(output)) => {
+                reply.send_and_clear(&pid, |env| (tag.load(env), encode(env, output)).encode(env))
+            }
+            Err(message) => reply.send_and_clear(&pid, |env| {
+                (tag.load(env), on_panic(env, message)).encode(env)
+            }),
+        };
     });
     atoms::ok().encode(env)
 }
 
 /// Applies records from an injected resolver: `[{priority, weight, port, target}]`.
 #[rustler::nif]
-fn topology_apply(
-    env: Env<'_>,
+fn topology_apply<'a>(
+    env: Env<'a>,
     topology: ResourceArc<TopologyResource>,
-    records: Vec<(u16, u16, u16, String)>,
-) -> Term<'_> {
-    let records: Vec<SrvRecord> = records
+    records: Vec<(Term<'a>, Term<'a>, Term<'a>, String)>,
+) -> NifResult<Term<'a>> {
+    let records = records
         .into_iter()
-        .map(|(priority, weight, port, target)| SrvRecord {
-            priority,
-            weight,
-            port,
-            target,
-            ttl: 0,
+        .map(|(priority, weight, port, target)| {
+            Ok(SrvRecord {
+                priority: decode_exact(priority)?,
+                weight: decode_exact(weight)?,
+                port: decode_exact(port)?,
+                target,
+                ttl: 0,
+            })
         })
-        .collect();
-    encode_poll(env, &topology.0.apply_records(&records))
+        .collect::<NifResult<Vec<SrvRecord>>>()?;
+    Ok(encode_poll(env, &topology.0.apply_records(&records)))
+}
+
+/// rustler's u8 and u16 decoders truncate (256 decodes as 0, port 70000 as 4464); this one
+/// refuses an integer that does not fit.
+fn decode_exact<T: TryFrom<u32>>(term: Term) -> NifResult<T> {
+    T::try_from(term.decode::<u32>()?).map_err(|_| Error::BadArg)
 }
 
 #[rustler::nif]
@@ -556,9 +580,14 @@ fn diagnose_node<'a>(
             diagnoser.check_node(&node, family, listen_port).await,
         ))
     };
-    Ok(reply_later(env, pid, tag, work, |env, check| {
-        check.encode(env)
-    }))
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, check| check.encode(env),
+        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+    ))
 }
 
 /// One timed query (`:srv`, `:a` or `:aaaa`) off-scheduler; `pid` later receives `{tag, probe}`.
@@ -588,9 +617,14 @@ fn diagnose_query<'a>(
         };
         Some(ProbeView::from(probe))
     };
-    Ok(reply_later(env, pid, tag, work, |env, probe| {
-        probe.encode(env)
-    }))
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, probe| probe.encode(env),
+        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+    ))
 }
 
 fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
@@ -640,19 +674,51 @@ fn decode_ip(term: Term) -> NifResult<IpAddr> {
     let parts = get_tuple(term)?;
     match parts.len() {
         4 => {
-            let octets: Vec<u8> = parts.iter().map(|t| t.decode()).collect::<NifResult<_>>()?;
+            let octets: Vec<u8> = parts
+                .iter()
+                .map(|t| decode_exact(*t))
+                .collect::<NifResult<_>>()?;
             Ok(IpAddr::V4(Ipv4Addr::new(
                 octets[0], octets[1], octets[2], octets[3],
             )))
         }
         8 => {
-            let s: Vec<u16> = parts.iter().map(|t| t.decode()).collect::<NifResult<_>>()?;
+            let s: Vec<u16> = parts
+                .iter()
+                .map(|t| decode_exact(*t))
+                .collect::<NifResult<_>>()?;
             Ok(IpAddr::V6(Ipv6Addr::new(
                 s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
             )))
         }
         _ => Err(Error::BadArg),
     }
+}
+
+/// Test-only (feature `panic-probe`, never in the library `mix compile` builds): panics on
+/// purpose in the NIF call itself (`place` = `:call`) or in a task on the DNS thread (any
+/// other atom), which then must still reply to `pid` with `{tag, {:error, :internal_error, _}}`.
+#[cfg(feature = "panic-probe")]
+#[rustler::nif]
+fn panic_probe<'a>(env: Env<'a>, place: Atom, pid: LocalPid, tag: Term<'a>) -> NifResult<Term<'a>> {
+    if place.to_term(env).atom_to_string()? == "call" {
+        panic!("panic probe: in the NIF call");
+    }
+    let work = async {
+        let fail = true;
+        if fail {
+            panic!("panic probe: in the DNS task");
+        }
+        Some(())
+    };
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, ()| atoms::ok().encode(env),
+        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+    ))
 }
 
 /// Starts the DNS thread and the log subscriber as soon as the library loads, so events
