@@ -155,7 +155,7 @@ fn lookup<'a>(
             Ok(endpoint) => ok_endpoint(env, endpoint),
             Err(error) => lookup_error(env, &error),
         },
-        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+        internal_error,
     ))
 }
 
@@ -272,6 +272,11 @@ fn reply_later<'a, T: Send + 'static>(
         };
     });
     atoms::ok().encode(env)
+}
+
+/// The reply to a caller whose task panicked: `{:error, :internal_error, message}`.
+fn internal_error(env: Env<'_>, message: String) -> Term<'_> {
+    (atoms::error(), atoms::internal_error(), message).encode(env)
 }
 
 /// Applies records from an injected resolver: `[{priority, weight, port, target}]`.
@@ -586,7 +591,7 @@ fn diagnose_node<'a>(
         tag,
         work,
         |env, check| check.encode(env),
-        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+        internal_error,
     ))
 }
 
@@ -623,7 +628,7 @@ fn diagnose_query<'a>(
         tag,
         work,
         |env, probe| probe.encode(env),
-        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+        internal_error,
     ))
 }
 
@@ -717,7 +722,7 @@ fn panic_probe<'a>(env: Env<'a>, place: Atom, pid: LocalPid, tag: Term<'a>) -> N
         tag,
         work,
         |env, ()| atoms::ok().encode(env),
-        |env, message| (atoms::error(), atoms::internal_error(), message).encode(env),
+        internal_error,
     ))
 }
 
