@@ -78,7 +78,42 @@ defmodule DynamicSrv.Test.DnsServer do
     }
 
     wait_until_answering!(server)
+    hand_output_to_drainer(owner)
     server
+  end
+
+  # With --no-daemon dnsmasq also echoes every log line on stderr: two messages per query that
+  # would pile up in the caller's mailbox over a long test. Once it answers, a drainer owns the
+  # port and drops them; it closes the port (stopping dnsmasq) when the caller exits, as the
+  # caller's own ownership did.
+  defp hand_output_to_drainer(owner) do
+    caller = self()
+
+    drainer =
+      spawn(fn ->
+        ref = Process.monitor(caller)
+        drain(owner, ref)
+      end)
+
+    Port.connect(owner, drainer)
+    Process.unlink(owner)
+    flush_output(owner)
+  end
+
+  defp flush_output(owner) do
+    receive do
+      {^owner, {:data, _}} -> flush_output(owner)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp drain(owner, ref) do
+    receive do
+      {^owner, {:exit_status, _}} -> :ok
+      {^owner, {:data, _}} -> drain(owner, ref)
+      {:DOWN, ^ref, :process, _, _} -> Port.close(owner)
+    end
   end
 
   @doc "Stops the server and starts it again on the same port with new records."
