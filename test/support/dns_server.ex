@@ -78,21 +78,21 @@ defmodule DynamicSrv.Test.DnsServer do
     }
 
     wait_until_answering!(server)
-    hand_output_to_drainer(owner)
+    hand_output_to_drainer(server)
     server
   end
 
   # With --no-daemon dnsmasq also echoes every log line on stderr: two messages per query that
   # would pile up in the caller's mailbox over a long test. Once it answers, a drainer owns the
-  # port and drops them; it closes the port (stopping dnsmasq) when the caller exits, as the
-  # caller's own ownership did.
-  defp hand_output_to_drainer(owner) do
+  # port and drops them. When the caller exits without stopping the server, the drainer stops
+  # it: closing the port alone would leave dnsmasq running until it next writes a log line.
+  defp hand_output_to_drainer(%__MODULE__{owner_port: owner} = server) do
     caller = self()
 
     drainer =
       spawn(fn ->
         ref = Process.monitor(caller)
-        drain(owner, ref)
+        drain(server, ref)
       end)
 
     Port.connect(owner, drainer)
@@ -100,19 +100,19 @@ defmodule DynamicSrv.Test.DnsServer do
     flush_output(owner)
   end
 
+  defp drain(%__MODULE__{owner_port: owner} = server, ref) do
+    receive do
+      {^owner, {:exit_status, _}} -> :ok
+      {^owner, {:data, _}} -> drain(server, ref)
+      {:DOWN, ^ref, :process, _, _} -> stop(server)
+    end
+  end
+
   defp flush_output(owner) do
     receive do
       {^owner, {:data, _}} -> flush_output(owner)
     after
       0 -> :ok
-    end
-  end
-
-  defp drain(owner, ref) do
-    receive do
-      {^owner, {:exit_status, _}} -> :ok
-      {^owner, {:data, _}} -> drain(owner, ref)
-      {:DOWN, ^ref, :process, _, _} -> Port.close(owner)
     end
   end
 
