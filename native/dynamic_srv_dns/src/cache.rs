@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,8 @@ pub struct Cache {
     dns_failed_at: AtomicU64,
     epoch: Instant,
     capacity: usize,
+    /// Set once the full-cache warning is logged, so a flood logs it once, not per answer.
+    full_warned: AtomicBool,
 }
 
 impl Default for Cache {
@@ -133,6 +135,7 @@ impl Cache {
             dns_failed_at: AtomicU64::new(0),
             epoch: Instant::now(),
             capacity,
+            full_warned: AtomicBool::new(false),
         }
     }
 
@@ -170,19 +173,26 @@ impl Cache {
         now: Instant,
     ) {
         let mut entries = self.lock();
-        if entries.len() >= self.capacity {
+        let map_key = (key.to_string(), family);
+        // A full cache still refreshes the entries it holds: only new names are turned away.
+        if entries.len() >= self.capacity && !entries.contains_key(&map_key) {
             entries.retain(|_, entry| now < entry.stale_until);
             if entries.len() >= self.capacity {
-                tracing::warn!(
-                    capacity = self.capacity,
-                    "address cache full, answer not cached"
-                );
+                if !self.full_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        "address cache full: answers for new names are not cached until entries expire"
+                    );
+                }
                 return;
             }
         }
+        if entries.len() < self.capacity {
+            self.full_warned.store(false, Ordering::Relaxed);
+        }
         let fresh_until = now + hold;
         entries.insert(
-            (key.to_string(), family),
+            map_key,
             Entry {
                 endpoint,
                 fresh_until,
@@ -403,6 +413,24 @@ mod tests {
         cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0 + 3 * SEC);
         assert_eq!(cache.len(), 1);
         assert!(cache.entry("c@h", Family::Inet).is_some());
+    }
+
+    #[test]
+    fn a_full_cache_still_refreshes_the_names_it_holds() {
+        let cache = Cache::with_capacity(2);
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 10 * SEC, t0);
+        cache.insert("b@h", Family::Inet, addr(2), SEC, 10 * SEC, t0);
+        // Both expired but still within their stale window: the cache stays full.
+        let later = t0 + 2 * SEC;
+        cache.insert("c@h", Family::Inet, addr(3), SEC, 10 * SEC, later);
+        assert!(cache.entry("c@h", Family::Inet).is_none());
+        cache.insert("a@h", Family::Inet, addr(4), SEC, 10 * SEC, later);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, SEC, later),
+            Cached::Fresh(addr(4))
+        );
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One polled service: its DNS queries, the mapping of answers to node names, the cache
 //! filling that lets the epmd module connect without another query, and the membership.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -164,6 +165,7 @@ impl Topology {
             .map(|t| (t.clone(), "not a valid host name".to_string()))
             .collect();
         let now = Instant::now();
+        let mut mapped_records = Vec::new();
         for record in &answer.records {
             let family = self.config.family;
             let address = answer.address_of(&record.target, family).map(|(ip, _)| ip);
@@ -180,17 +182,31 @@ impl Topology {
                 });
             match mapped {
                 Ok(node) => {
-                    self.remember_address(&node, record, answer, now);
+                    mapped_records.push((node.clone(), record));
                     nodes.push(node);
                 }
                 Err(why) => unmapped.push((record.target.clone(), why.to_string())),
             }
         }
-        self.apply_nodes(
+        let poll = self.apply_nodes(
             nodes,
             unmapped,
             answer.records.len() + answer.rejected_targets.len(),
-        )
+        );
+        // Only members get cached: a flood of names over max_nodes must not fill the address
+        // cache that every connection shares.
+        let members: HashSet<String> = poll
+            .change
+            .members
+            .iter()
+            .map(|member| member.to_ascii_lowercase())
+            .collect();
+        for (node, record) in mapped_records {
+            if members.contains(&node.to_ascii_lowercase()) {
+                self.remember_address(&node, record, answer, now);
+            }
+        }
+        poll
     }
 
     /// Applies records from an injected resolver (no addresses, so nothing is cached).

@@ -119,3 +119,48 @@ async fn a_failed_address_lookup_fails_the_poll_instead_of_dropping_the_node() {
         assert!(poll.change.left.is_empty(), "{poll:?}");
     }
 }
+
+#[tokio::test]
+async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
+    let server = Dnsmasq::builder()
+        .local_domain("consul")
+        .srv(SERVICE, "n1.addr.dc1.consul", 21001, 1, 1)
+        .host("n1.addr.dc1.consul", &["127.0.0.11"])
+        .srv(SERVICE, "n2.addr.dc1.consul", 21002, 1, 1)
+        .host("n2.addr.dc1.consul", &["127.0.0.12"])
+        .srv(SERVICE, "n3.addr.dc1.consul", 21003, 1, 1)
+        .host("n3.addr.dc1.consul", &["127.0.0.13"])
+        .start();
+    let cache = Arc::new(Cache::default());
+    let config = Config {
+        dist_port: None,
+        nameservers: vec![server.addr()],
+        port_mode: PortMode::Name,
+        lookup_timeout: Duration::from_millis(1500),
+        min_ttl: Duration::from_secs(5),
+        max_stale: Duration::from_secs(60),
+    };
+    let engine = Arc::new(Engine::new(config, cache.clone()).unwrap());
+    let topology = Topology::new(
+        TopologyConfig {
+            service: SERVICE.into(),
+            naming: NodeNaming::BasenamePortIp("app".into()),
+            family: Family::Inet,
+            max_nodes: 2,
+        },
+        engine,
+    )
+    .unwrap();
+
+    let poll = topology.poll().await;
+    assert_eq!(poll.change.members.len(), 2);
+    assert_eq!(poll.change.over_limit, 1);
+    // The node left out by max_nodes takes no room in the cache every connection shares.
+    assert_eq!(cache.len(), 2);
+    for member in &poll.change.members {
+        assert!(
+            cache.entry(member, Family::Inet).is_some(),
+            "{member} not cached"
+        );
+    }
+}
