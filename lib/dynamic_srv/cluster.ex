@@ -326,10 +326,18 @@ defmodule DynamicSrv.Cluster do
     server = self()
 
     for node <- targets do
-      spawn(fn -> send(server, {:connected, node, connect_one(node, state)}) end)
+      spawn(fn -> send(server, {:connected, node, try_connect(node, state)}) end)
     end
 
     %{state | connecting: Enum.into(targets, state.connecting)}
+  end
+
+  # A connect MFA that raises must still report back: a node left in `connecting` would never
+  # be dialed again.
+  defp try_connect(node, state) do
+    connect_one(node, state)
+  catch
+    kind, reason -> {:error, {kind, reason}}
   end
 
   defp connect_one(node, %{libcluster?: true} = state) do

@@ -38,6 +38,16 @@ defmodule DynamicSrv.ClusterTest do
       true
     end
 
+    # Raises on the first attempt for each node, then connects: a connect MFA with a bug.
+    def connect_raising_once(node) do
+      first? =
+        Agent.get_and_update(__MODULE__, fn s ->
+          {{:raised, node} not in s.log, %{s | log: [{:raised, node} | s.log]}}
+        end)
+
+      if first?, do: raise("connect bug"), else: connect(node)
+    end
+
     def drop(node),
       do: Agent.update(__MODULE__, &%{&1 | connected: MapSet.delete(&1.connected, node)})
 
@@ -66,14 +76,17 @@ defmodule DynamicSrv.ClusterTest do
     Recorder.start()
 
     opts =
-      [
-        service: @service,
-        resolver: resolver,
-        polling_interval: 3_600_000,
-        connect: {Recorder, :connect, []},
-        disconnect: {Recorder, :disconnect, []},
-        list_nodes: {Recorder, :list_nodes, []}
-      ] ++ extra
+      Keyword.merge(
+        [
+          service: @service,
+          resolver: resolver,
+          polling_interval: 3_600_000,
+          connect: {Recorder, :connect, []},
+          disconnect: {Recorder, :disconnect, []},
+          list_nodes: {Recorder, :list_nodes, []}
+        ],
+        extra
+      )
 
     pid = start_supervised!({Cluster, opts})
     # The first poll runs at start; poll_now waits until a poll has been applied.
@@ -182,6 +195,19 @@ defmodule DynamicSrv.ClusterTest do
     :ok = Cluster.poll_now(pid)
     assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
     assert Enum.count(Recorder.log(), &(&1 == {:connect, :"a@my-svc.service.consul"})) == 2
+  end
+
+  test "a connect MFA that raises does not stop the node being dialed on later polls" do
+    {resolver, _set} = answer_with([srv("a")])
+
+    capture_log(fn ->
+      pid = start_cluster(resolver, connect: {Recorder, :connect_raising_once, []})
+      assert eventually(fn -> {:raised, :"a@my-svc.service.consul"} in Recorder.log() end)
+      assert connected() == []
+
+      :ok = Cluster.poll_now(pid)
+      assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    end)
   end
 
   test "other node naming conventions" do
