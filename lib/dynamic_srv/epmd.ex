@@ -45,10 +45,11 @@ defmodule DynamicSrv.Epmd do
   @spec listen_port_please(name(), name()) :: {:ok, :inet.port_number()} | {:error, term()}
   def listen_port_please(name, host) do
     with {:ok, {engine, _}} <- engine(),
-         {:ok, port} <- Native.listen_port(engine, node_string(name, host)) do
+         {:ok, port} <- nif_call(fn -> Native.listen_port(engine, node_string(name, host)) end) do
       {:ok, port}
     else
       {:error, message} -> refuse(message)
+      {:error, :internal_error, message} -> refuse(message)
     end
   end
 
@@ -94,7 +95,7 @@ defmodule DynamicSrv.Epmd do
           {:port, :inet.port_number(), 6} | :noport
   def port_please(name, ip, _timeout \\ :infinity) do
     with {:ok, {engine, _}} <- engine(),
-         {:ok, port} <- Native.port_please(engine, to_string(name), ip) do
+         {:ok, port} <- nif_call(fn -> Native.port_please(engine, to_string(name), ip) end) do
       {:port, port, @dist_version}
     else
       _ -> :noport
@@ -132,9 +133,10 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  # This runs inside net_kernel. The DNS thread bounds the lookup by the timeout and drops an
-  # answer it could only deliver more than a second after that, and we wait two: no answer
-  # can arrive after we stop waiting and linger in net_kernel's mailbox.
+  # Runs in a connection's setup process, never in net_kernel (see in_net_kernel?/0). The DNS
+  # thread bounds the lookup by the timeout and drops an answer it could only deliver more than
+  # a second after that, and we wait two: no answer arrives after we stop waiting. `:no_reply`
+  # (not `:timeout`) says the DNS thread itself did not answer in time, which it always should.
   defp await_lookup(engine, node, family, timeout) do
     # Misses are rare and already wait on DNS: the place to bring back a killed forwarder.
     DynamicSrv.LogForwarder.ensure_started()
@@ -146,7 +148,7 @@ defmodule DynamicSrv.Epmd do
           {^tag, {:ok, ip, port}} -> {:ok, ip, port, @dist_version}
           {^tag, {:error, reason, _message}} -> {:error, reason}
         after
-          timeout + 2_000 -> {:error, :timeout}
+          timeout + 2_000 -> {:error, :no_reply}
         end
 
       {:error, reason} ->
@@ -169,8 +171,9 @@ defmodule DynamicSrv.Epmd do
 
   defp node_string(name, host), do: "#{name}@#{host}"
 
-  # This runs inside net_kernel: a NIF bug (rustler turns a Rust panic into an ErlangError)
-  # must fail one connection attempt, not crash net_kernel and with it every connection.
+  # The callbacks run inside net_kernel or a connection's setup process: a NIF bug (rustler
+  # turns a Rust panic into an ErlangError) must fail one connection attempt, not crash
+  # net_kernel and with it every connection.
   defp nif_call(fun) do
     fun.()
   rescue

@@ -139,11 +139,11 @@ fn lookup<'a>(
 ) -> NifResult<Term<'a>> {
     let family = decode_family(family)?;
     let engine = engine.0.clone();
-    // The caller waits the lookup timeout plus 2 s; an answer later than timeout + 1 s is
-    // dropped, so it can never land in the mailbox of a caller that gave up (net_kernel).
+    // The caller waits the lookup timeout plus 2 s; any reply later than timeout + 1 s, a
+    // panic's included, is dropped, so it never lands in the mailbox of a caller that gave up.
     let deliver_until = Instant::now() + engine.config().lookup_timeout + Duration::from_secs(1);
     let work = async move {
-        let result = engine.resolve(&node, family).await;
+        let result = catch_panic(async move { engine.resolve(&node, family).await }).await;
         (Instant::now() <= deliver_until).then_some(result)
     };
     Ok(reply_later(
@@ -152,8 +152,9 @@ fn lookup<'a>(
         tag,
         work,
         |env, result| match result {
-            Ok(endpoint) => ok_endpoint(env, endpoint),
-            Err(error) => lookup_error(env, &error),
+            Ok(Ok(endpoint)) => ok_endpoint(env, endpoint),
+            Ok(Err(error)) => lookup_error(env, &error),
+            Err(panic) => internal_error(env, panic),
         },
         internal_error,
     ))
