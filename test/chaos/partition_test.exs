@@ -11,7 +11,8 @@ defmodule DynamicSrv.Chaos.PartitionTest do
   import DynamicSrv.Test.Fleet
   alias DynamicSrv.Test.{Chaos, Mesh, Netns}
 
-  unless Netns.available?() do
+  # Skipped, with a reason, only outside CI: in CI a partition test that cannot run fails.
+  unless Netns.available?() or System.get_env("CI") == "true" do
     @moduletag skip:
                  "partition fault needs root and iproute2 (`ip netns`, veth) to build two hosts"
   end
