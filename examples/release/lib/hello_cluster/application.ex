@@ -20,9 +20,20 @@ defmodule HelloCluster.Application do
   end
 
   defp polling_interval do
-    case Integer.parse(System.get_env("CLUSTER_POLLING_INTERVAL_MS", "")) do
-      {ms, ""} when ms > 0 -> ms
-      _ -> 5_000
+    case System.get_env("CLUSTER_POLLING_INTERVAL_MS", "") do
+      "" ->
+        5_000
+
+      value ->
+        case Integer.parse(value) do
+          {ms, ""} when ms > 0 ->
+            ms
+
+          _ ->
+            raise ArgumentError,
+                  "CLUSTER_POLLING_INTERVAL_MS=#{inspect(value)} is not a positive integer " <>
+                    "(milliseconds between DNS polls; unset means 5000)"
+        end
     end
   end
 end
