@@ -1,10 +1,10 @@
 defmodule DynamicSrv.Integration.ReleaseTest do
   # The example app in examples/release, built with `MIX_ENV=prod mix release` and run the
-  # way operators do: `bin/hello_cluster start` (embedded mode), then `rpc`, `remote` (on a
-  # pty, as iex needs one for --remsh), `pid`, `restart` and `stop` against the running node,
-  # with ERL_DIST_PORT set for every command. Two nodes find each other through SRV records
-  # served by dnsmasq; ERL_EPMD_PORT points at a dead port for every command, so any use of
-  # epmd would fail.
+  # way operators do: `bin/hello_cluster start` (embedded mode), then `rpc` (also with
+  # `DynamicSrv.diagnose()`), `remote` (on a pty, as iex needs one for --remsh), `pid`,
+  # `restart` and `stop` against the running node, with ERL_DIST_PORT set for every command.
+  # Two nodes find each other through SRV records served by dnsmasq; ERL_EPMD_PORT points at
+  # a dead port for every command, so any use of epmd would fail.
   use ExUnit.Case, async: false
   @moduletag :integration
   @moduletag :release
@@ -113,6 +113,35 @@ defmodule DynamicSrv.Integration.ReleaseTest do
       assert {DynamicSrv.Epmd, nil, {:ok, [['false']]}, creation} = facts
       assert creation > 3
     end
+
+    # --- diagnose over rpc, as the README tells operators: the text arrives on the helper ---
+    {diagnosis, status} = run!(bin, ["rpc", "DynamicSrv.diagnose()"], env_a)
+    IO.puts("[release] bin/#{@app} rpc \"DynamicSrv.diagnose()\":\n#{diagnosis}")
+    assert status == 0, diagnosis
+    diagnosed = String.split(diagnosis, "\n")
+    has_line = fn text -> Enum.any?(diagnosed, &String.contains?(&1, text)) end
+
+    for line <- [
+          "DynamicSrv diagnosis of #{a.node}",
+          ~s(ERL_DIST_PORT = #{a.port}    from the environment: ERL_DIST_PORT="#{a.port}"),
+          "name: #{a.node} (running)",
+          "port mode: srv; distribution port: #{a.port} (listening)",
+          "nameservers: #{DnsServer.nameserver(dns)}",
+          "=> connects to #{a.ip}:#{a.port}",
+          "Service #{@service} (polled by DynamicSrv.Cluster, 2 current members):",
+          "#{b.node} [connected, member in DNS]",
+          "=> connects to #{b.ip}:#{b.port}",
+          "No problems found."
+        ] do
+      assert has_line.(line), "expected a line containing\n  #{line}\nin:\n#{diagnosis}"
+    end
+
+    assert diagnosis =~ ~r/^Address cache \(\d+ entr(y|ies); DNS answering\):$/m
+    # a reached b through the cache (kept warm by the poller; its state depends on timing).
+    assert diagnosis =~ ~r/^  #{b.node} IPv4 #{Regex.escape("#{b.ip}:#{b.port}")}: /m
+    refute diagnosis =~ "PROBLEM"
+    # The rpc helper is hidden: it is not among the peers the node checks.
+    refute diagnosis =~ ~r/rpc-[0-9a-f]{4}-/
 
     # --- rpc: a value computed on the node, with ERL_DIST_PORT set for the helper too ---
     {micros, value} = :timer.tc(fn -> rpc_term!(bin, env_a, "Enum.sum(1..100) * 7 + 1") end)
