@@ -54,6 +54,14 @@ job "my-app" {
         # The Consul agent on the host (host networking); use the agent's address otherwise.
         DYNAMIC_SRV_NAMESERVERS = "127.0.0.1:8600"
       }
+
+      # The cookie comes from a Nomad Variable, never from the image (SECURITY.md):
+      #   nomad var put nomad/jobs/my-app cookie="$(openssl rand -base64 48)"
+      template {
+        data        = "RELEASE_COOKIE={{ with nomadVar \"nomad/jobs/my-app\" }}{{ .cookie }}{{ end }}"
+        destination = "secrets/cookie.env"
+        env         = true
+      }
     }
   }
 }

@@ -3,8 +3,10 @@ defmodule DynamicSrv.Cluster do
   Keeps this node connected to the nodes a DNS SRV record lists. A plain supervisor child,
   for apps without libcluster (`Cluster.Strategy.DynamicSrv` is the same engine for libcluster).
 
+      # Consul: each instance becomes app-<port>@<address> from the SRV answer
       children = [
-        {DynamicSrv.Cluster, service: "my-app.service.consul"}
+        {DynamicSrv.Cluster,
+         service: "my-app.service.consul", node_naming: {:basename_port_ip, "app"}}
       ]
 
   Options (the same keyword list the libcluster strategy takes as `config:`):

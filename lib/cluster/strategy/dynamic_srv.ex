@@ -8,6 +8,7 @@ defmodule Cluster.Strategy.DynamicSrv do
             strategy: Cluster.Strategy.DynamicSrv,
             config: [
               service: "my-app.service.consul",
+              node_naming: {:basename_port_ip, "app"},
               polling_interval: 5_000
             ]
           ]
