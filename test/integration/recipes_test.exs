@@ -6,9 +6,12 @@ defmodule DynamicSrv.Integration.RecipesTest do
   # only the strategy connects them (`-connect_all false`, no Node.connect of our own).
   #
   # What the test changes, because one machine stands in for many: each node listens on its
-  # own loopback (or namespace) address (`-kernel inet_dist_use_interface`), the DNS server's
-  # address and the ports are the test's own where the recipe's could be taken on a shared
-  # loopback, and the cookie is the test's.
+  # own loopback (or namespace) address (`-kernel inet_dist_use_interface`), and the cookie is
+  # the test's. Kubernetes, docker compose and Fly.io run in a private network namespace, with
+  # the recipe's ports and the platform's DNS server address (port 53); the first two leave
+  # DYNAMIC_SRV_NAMESERVERS unset as documented and resolve through the namespace's own
+  # /etc/resolv.conf, written in the platform's shape. Nomad runs on the host's loopback, so
+  # its DNS server and ports are the test's own.
   use ExUnit.Case, async: false
   @moduletag :integration
 
@@ -128,18 +131,37 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
   defp node_list(peer), do: Fleet.node_list(peer)
 
-  # A static-port recipe's env (the recipe's port 4370, the platform's own resolver) with
-  # the free port and the dnsmasq this test uses in their place.
-  defp local_static_env(env, port, dns) do
+  # A network namespace of the test's own (removed when the test ends), for addresses and
+  # ports the host's loopback cannot give: the platform's DNS server on port 53, port 4370 on
+  # every node, several IPv6 addresses.
+  defp private_network(_context) do
+    unless Netns.available?(),
+      do: flunk("this recipe test needs root and iproute2 for a network namespace")
+
+    ns = Netns.create!()
+    on_exit(fn -> Netns.destroy(ns) end)
+    %{ns: ns}
+  end
+
+  # A static-port recipe's env run as written inside the namespace: port 4370 is free there,
+  # and DYNAMIC_SRV_NAMESERVERS stays unset, so the nodes resolve through the namespace's
+  # /etc/resolv.conf as they would through the platform's.
+  defp platform_resolver_env(env) do
     assert env["DYNAMIC_SRV_PORT_MODE"] == "static"
     assert env["ERL_DIST_PORT"] == "4370"
     refute Map.has_key?(env, "DYNAMIC_SRV_NAMESERVERS")
-
-    Map.merge(env, %{
-      "ERL_DIST_PORT" => "#{port}",
-      "DYNAMIC_SRV_NAMESERVERS" => DnsServer.nameserver(dns)
-    })
+    env
   end
+
+  # Has the node's own resolver (DynamicSrv.Diagnosis, on the library's DNS thread, set up as
+  # the node's is) ask for SRV `name`; returns the servers it reports using and its answer.
+  defp ask_srv(peer, name) do
+    report = Peer.call(peer, DynamicSrv.Diagnosis, :run, [[services: [name]]])
+    {report.nameservers, Enum.find(report.services, &(&1.service == name)).probe}
+  end
+
+  defp queries_for(dns, name),
+    do: Enum.filter(DnsServer.queries(dns), &(&1 =~ ~r/^query\[\w+\] #{Regex.escape(name)}[ .]/))
 
   # Starts the recipe's strategy on every node and waits for the full mesh; returns the ms
   # it took (printed, never asserted).
@@ -254,21 +276,38 @@ defmodule DynamicSrv.Integration.RecipesTest do
   end
 
   describe "Kubernetes (examples/kubernetes)" do
-    test "StatefulSet pods cluster from the headless Service's SRV records" do
+    setup :private_network
+
+    test "StatefulSet pods cluster from the headless Service's SRV records through the pod's resolv.conf",
+         %{ns: ns} do
       config = strategy_config("kubernetes")
       service = config[:service]
       assert service == "_dist._tcp.my-app.default.svc.cluster.local"
       assert recipe("kubernetes/service.yaml") =~ ~r/- name: dist\b.*\n\s+protocol: TCP/
       assert recipe("kubernetes/statefulset.yaml") =~ "serviceName: my-app"
 
-      # One port for every pod, as the recipe's ERL_DIST_PORT (4370) gives; free here.
-      port = Ports.free()
+      # A pod's /etc/resolv.conf as the kubelet writes it (ClusterFirst): the cluster DNS
+      # Service's IP, the namespace's search list, ndots:5.
+      Netns.add_address!(ns, "10.96.0.10/32")
+
+      Netns.put_resolv_conf!(ns, """
+      search default.svc.cluster.local svc.cluster.local cluster.local
+      nameserver 10.96.0.10
+      options ndots:5
+      """)
+
       pods = for i <- 0..2, do: %{pod: "my-app-#{i}", ip: "127.0.0.#{31 + i}"}
       fqdn = fn pod -> "#{pod.pod}.my-app.default.svc.cluster.local" end
 
-      records = Enum.flat_map(pods, &[{:srv, service, fqdn.(&1), port}, {:a, fqdn.(&1), &1.ip}])
+      records = Enum.flat_map(pods, &[{:srv, service, fqdn.(&1), 4370}, {:a, fqdn.(&1), &1.ip}])
 
-      dns = start_dns!(records, extra: ["--local=/cluster.local/"])
+      dns =
+        start_dns!(records,
+          netns: ns,
+          listen_address: "10.96.0.10",
+          port: 53,
+          extra: ["--local=/cluster.local/"]
+        )
 
       nodes =
         for pod <- pods do
@@ -279,24 +318,56 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
           assert name == "app@" <> fqdn.(pod)
           assert flags == []
-          {name, pod.ip, local_static_env(env, port, dns)}
+          {name, pod.ip, platform_resolver_env(env)}
         end
 
-      peers = boot!(nodes, [])
+      peers = boot!(nodes, [], netns: ns)
       ms = form_cluster!(peers, config)
       queries = report("Kubernetes", peers, ms, dns)
-      assert Enum.any?(queries, &(&1 =~ "query[SRV] #{service}"))
+
+      assert Enum.any?(queries, &(&1 =~ "query[SRV] #{service} "))
+      asked = for q <- queries, [_, name] <- [Regex.run(~r/^query\[\w+\] (\S+) /, q)], do: name
+      assert Enum.all?(asked, &(&1 in [service | Enum.map(pods, fqdn)])), inspect(asked)
+
+      # A service with no pods (NXDOMAIN): a dotted name is taken as fully qualified, so it
+      # is asked once, never again with each search domain appended as ndots:5 would have it.
+      gone = "_dist._tcp.gone.default.svc.cluster.local"
+      {nameservers, probe} = ask_srv(hd(peers), gone)
+      assert nameservers == "10.96.0.10:53 (from /etc/resolv.conf)"
+      assert probe.failure.reason == "nxdomain", inspect(probe)
+      assert [_] = queries_for(dns, gone)
     end
   end
 
   describe "docker compose (examples/docker-compose)" do
-    test "replicas cluster from the A records of the service name" do
+    setup :private_network
+
+    test "replicas cluster from the A records of the service name through Docker's DNS",
+         %{ns: ns} do
       config = strategy_config("docker-compose")
       assert config[:service] == "app"
 
-      port = Ports.free()
+      # A container's /etc/resolv.conf on a user-defined network: Docker's embedded DNS
+      # server, the host's search domains copied in (here one, corp.example), ndots:0.
+      Netns.put_resolv_conf!(ns, """
+      # Generated by Docker Engine.
+      nameserver 127.0.0.11
+      search corp.example
+      options ndots:0
+      """)
+
       ips = for i <- 1..3, do: "127.0.0.#{20 + i}"
-      dns = start_dns!(for(ip <- ips, do: {:a, "app", ip}), [])
+
+      # Another service only under the search domain, for a single label the search finds.
+      other = {:srv, "backup.corp.example", "app", 4370}
+
+      dns =
+        start_dns!([other | for(ip <- ips, do: {:a, "app", ip})],
+          netns: ns,
+          listen_address: "127.0.0.11",
+          port: 53,
+          extra: ["--local=/example/", "--local=/backup/"]
+        )
 
       nodes =
         for ip <- ips do
@@ -306,27 +377,36 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
           {nil, flags, env} = boot_spec(compose_env("docker-compose/compose.yaml"))
           assert flags == []
-          {name, ip, local_static_env(env, port, dns)}
+          {name, ip, platform_resolver_env(env)}
         end
 
-      peers = boot!(nodes, [])
+      peers = boot!(nodes, [], netns: ns)
       ms = form_cluster!(peers, config)
       queries = report("docker compose", peers, ms, dns)
+
+      # ndots:0: the single label is asked as it is, and answered, before any search domain.
       assert Enum.any?(queries, &(&1 =~ ~r/^query\[A\] app /))
+      refute Enum.any?(queries, &(&1 =~ "app.corp.example")), inspect(queries)
       refute Enum.any?(queries, &String.starts_with?(&1, "query[SRV]"))
+
+      # A single label the server does not know as it is goes on through the search list, as
+      # the system resolver would take it.
+      {nameservers, probe} = ask_srv(hd(peers), "backup")
+      assert nameservers == "127.0.0.11:53 (from /etc/resolv.conf)"
+      assert probe.failure == nil, inspect(probe)
+      assert [answer] = probe.answers
+      assert answer =~ "app:4370"
+
+      # (hickory also tries the domain of a dotted host name in between, where there is one)
+      asked = queries_for(dns, "backup")
+      assert hd(asked) =~ ~r/^query\[SRV\] backup /, inspect(asked)
+      assert List.last(asked) =~ ~r/^query\[SRV\] backup\.corp\.example /, inspect(asked)
     end
   end
 
   describe "Fly.io (examples/fly)" do
     # Fly's private network is IPv6 only: several IPv6 addresses need a namespace of our own.
-    setup do
-      unless Netns.available?(),
-        do: flunk("the Fly.io recipe test needs root and iproute2 for a network namespace")
-
-      ns = Netns.create!()
-      on_exit(fn -> Netns.destroy(ns) end)
-      %{ns: ns}
-    end
+    setup :private_network
 
     test "machines cluster from AAAA-only answers on <app>.internal over IPv6", %{ns: ns} do
       config = strategy_config("fly")

@@ -17,11 +17,24 @@ defmodule DynamicSrv.Test.Netns do
     name
   end
 
-  @doc "Deletes a namespace this module created."
+  @doc "Deletes a namespace this module created, and its files under /etc/netns."
   def destroy("dsrv-" <> _ = name) do
     System.cmd("ip", ["netns", "del", name], stderr_to_stdout: true)
+    File.rm_rf!(etc_dir(name))
     :ok
   end
+
+  @doc """
+  Gives `ns` its own /etc/resolv.conf: `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf
+  over /etc/resolv.conf for every process it starts in `ns` (so for Peer and DnsServer).
+  Write it before starting them; destroy/1 removes it.
+  """
+  def put_resolv_conf!("dsrv-" <> _ = ns, text) do
+    File.mkdir_p!(etc_dir(ns))
+    File.write!(Path.join(etc_dir(ns), "resolv.conf"), text)
+  end
+
+  defp etc_dir(ns), do: Path.join("/etc/netns", ns)
 
   @doc "Adds an address (CIDR, e.g. `\"fd00::2/128\"`) to `dev` (default `lo`) in `ns`."
   def add_address!(ns, cidr, dev \\ "lo") do
