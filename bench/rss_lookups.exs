@@ -10,6 +10,8 @@
 #
 # Needs dnsmasq (./scripts/test installs it). Everything on loopback; dnsmasq is ended by PID.
 {:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+# Each miss logs a debug line; measure the lookups, not a million log lines.
+Logger.configure(level: :info)
 
 alias DynamicSrv.Epmd
 alias DynamicSrv.Test.DnsServer
