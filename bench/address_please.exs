@@ -7,6 +7,8 @@
 Code.require_file("support/load.exs", __DIR__)
 
 {:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+# As ./scripts/bench does: time the lookups, not the console printing their debug events.
+Logger.configure(level: :error)
 
 sections = DynamicSrv.Bench.Latency.run()
 
