@@ -34,6 +34,13 @@ defmodule DynamicSrv.Cluster do
       `/etc/resolv.conf`.
     * `:max_nodes` — at most this many members, default `1024`; more names are ignored with
       a warning.
+    * `:dns_transport` — `:tcp` (default) or `:udp`: how the poll asks. Over TCP no server
+      trims the answer to fit a packet; Consul trims UDP answers *without* setting the TC
+      bit (24 instances no longer fit hickory's 1232-byte EDNS0 size), so over UDP some
+      members are missing from every answer. With `:udp`, answers that look trimmed still
+      never remove a member (see below). The epmd module's per-connection lookups use UDP.
+    * `:removal_delay` — ms a node must be missing from complete answers before it counts
+      as deregistered, default `10_000` (see below).
     * `:max_node_atoms` — at most this many new node atoms over the life of the VM, default
       `16 * max_nodes`, so hostile DNS cannot fill the atom table.
     * `:resolver` — a 1-arity function called with the service name that returns
@@ -45,8 +52,14 @@ defmodule DynamicSrv.Cluster do
     * A DNS failure (timeout, SERVFAIL, REFUSED, unreachable server, malformed or truncated
       answer) keeps the last good membership. One warning when the outage starts, one line
       when it ends.
-    * A node is deregistered only after it is missing from **2 successive answers**, so one
-      sudden empty answer, or a record that flaps, disconnects nobody.
+    * A node is deregistered only after it is missing from **2 successive complete answers**
+      and has been missing for at least `:removal_delay` ms, so one sudden empty answer, a
+      record that flaps, or a short blip under fast polling disconnects nobody.
+    * An answer that may be partial never removes anyone: one with the TC bit, a UDP answer
+      that fills its packet (1232 bytes with EDNS0, 512 without, or exactly 3 records
+      without EDNS0, Consul's `udp_answer_limit`), a TCP answer at Consul's cap of 1024
+      records. It still adds the nodes it lists. One warning names the server, what was
+      seen and the fix, again only after a complete answer.
     * Every poll connects the members not currently connected, each in its own process, so
       an unreachable peer delays nobody; a node that dropped its connection is retried.
     * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to
@@ -136,7 +149,8 @@ defmodule DynamicSrv.Cluster do
         {kind, base} -> {kind, base}
       end
 
-    {options.service, naming, basename, options.ip_family, options.max_nodes, options.nameservers}
+    {options.service, naming, basename, options.ip_family, options.max_nodes, options.nameservers,
+     {options.dns_transport, options.removal_delay}}
   end
 
   @impl true
@@ -277,6 +291,10 @@ defmodule DynamicSrv.Cluster do
 
     if failed = poll.outage_ended do
       Logger.info("DNS lookup of #{service} answers again after #{failed} failed polls")
+    end
+
+    if warning = poll.partial_warning do
+      Logger.warning(warning)
     end
 
     for {target, reason} <- poll.unmapped do

@@ -81,6 +81,8 @@ defmodule DynamicSrv.ClusterTest do
           service: @service,
           resolver: resolver,
           polling_interval: 3_600_000,
+          # Most tests here are about the two-answer rule; the time rule has its own test.
+          removal_delay: 0,
           connect: {Recorder, :connect, []},
           disconnect: {Recorder, :disconnect, []},
           list_nodes: {Recorder, :list_nodes, []}
@@ -128,6 +130,31 @@ defmodule DynamicSrv.ClusterTest do
     assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
     assert connected() == [:"a@my-svc.service.consul"]
     assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+  end
+
+  test "a node missing for less than removal_delay stays, however many answers lack it" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver, removal_delay: 600_000)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    for _ <- 1..20, do: :ok = Cluster.poll_now(pid)
+    assert length(Cluster.members(pid)) == 2
+    refute Enum.any?(Recorder.log(), &match?({:disconnect, _}, &1))
+  end
+
+  test "a node missing from two answers spanning removal_delay leaves" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver, removal_delay: 200)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    :ok = Cluster.poll_now(pid)
+    assert length(Cluster.members(pid)) == 2
+    Process.sleep(250)
+    :ok = Cluster.poll_now(pid)
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
   end
 
   test "a sudden empty answer disconnects nobody; a confirmed one does" do

@@ -17,26 +17,9 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
   alias DynamicSrv.Test.{DnsServer, Fleet, Mesh, Netns, NodeAgent, Peer, Ports}
 
-  @examples Path.expand("../../examples", __DIR__)
-  @epmd_flags ["-start_epmd", "false", "-epmd_module", "Elixir.DynamicSrv.Epmd"]
+  import DynamicSrv.Test.Recipes
 
   # --- reading a recipe ------------------------------------------------------------------
-
-  defp recipe(file), do: File.read!(Path.join(@examples, file))
-
-  # The strategy's config from the recipe's config/runtime.exs.
-  defp strategy_config(dir) do
-    config = Config.Reader.read!(Path.join([@examples, dir, "runtime.exs"]))
-    assert [app: topology] = config[:libcluster][:topologies]
-    assert topology[:strategy] == Cluster.Strategy.DynamicSrv
-    topology[:config]
-  end
-
-  # `KEY = "value"` lines of a Nomad `env { }` block.
-  defp nomad_env(file) do
-    [block] = Regex.run(~r/\benv \{(.*?)\n\s*\}/s, recipe(file), capture: :all_but_first)
-    pairs(~r/^\s*([A-Z_]+)\s*=\s*"([^"]*)"/m, block)
-  end
 
   # `- name: KEY` / `value: "..."` pairs of a container's env list (valueFrom ones skipped).
   defp kubernetes_env(file),
@@ -54,14 +37,10 @@ defmodule DynamicSrv.Integration.RecipesTest do
     pairs(~r/^\s*([A-Z_]+)\s*=\s*"([^"]*)"/m, block)
   end
 
-  defp pairs(regex, text) do
-    for [_, key, value] <- Regex.scan(regex, text), into: %{}, do: {key, value}
-  end
-
   # RELEASE_NODE as the recipe's env.sh.eex sets it, run by sh with `env` and, when given, a
   # `hostname` command printing `hostname_i` (what `hostname -i` prints in the container).
   defp release_node_from_env_sh(file, env, hostname_i \\ nil) do
-    script = ". #{Path.join(@examples, file)}; printf %s \"$RELEASE_NODE\""
+    script = ". #{examples_path(file)}; printf %s \"$RELEASE_NODE\""
     bin = Path.join(System.tmp_dir!(), "recipes_bin_#{System.unique_integer([:positive])}")
 
     path =
@@ -79,55 +58,9 @@ defmodule DynamicSrv.Integration.RecipesTest do
     node
   end
 
-  # Nomad's ${VAR} and Kubernetes' $(VAR) interpolation of the recipe's values.
-  defp interpolate(env, values) do
-    Map.new(env, fn {key, value} ->
-      {key,
-       Enum.reduce(values, value, fn {var, v}, acc ->
-         acc |> String.replace("${#{var}}", v) |> String.replace("$(#{var})", v)
-       end)}
-    end)
-  end
-
-  # What the release's start script does with the recipe's variables: RELEASE_DISTRIBUTION
-  # picks -name, RELEASE_NODE is the name, ELIXIR_ERL_OPTIONS become VM flags (Peer passes
-  # the epmd flags itself, so they must be there and are taken out). The rest is the node's
-  # environment. Returns `{name, flags, env}`.
-  defp boot_spec(env) do
-    assert env["RELEASE_DISTRIBUTION"] == "name"
-    flags = env["ELIXIR_ERL_OPTIONS"] |> String.split() |> Enum.chunk_every(2)
-    epmd = Enum.chunk_every(@epmd_flags, 2)
-
-    assert Enum.filter(flags, &(&1 in epmd)) == epmd,
-           "ELIXIR_ERL_OPTIONS must start no epmd and use DynamicSrv.Epmd: #{inspect(flags)}"
-
-    node_env =
-      Map.drop(env, ~w(ELIXIR_ERL_OPTIONS RELEASE_DISTRIBUTION RELEASE_NODE RELEASE_COOKIE))
-
-    {env["RELEASE_NODE"], List.flatten(flags -- epmd), node_env}
-  end
-
   # --- running it ------------------------------------------------------------------------
 
   defp start_dns!(records, opts), do: Fleet.start_dns!(records, opts)
-
-  # Boots one node per `{name, ip, env}` in parallel, each listening on `ip` only.
-  defp boot!(nodes, flags, opts \\ []) do
-    Fleet.start_peers!(
-      nodes,
-      fn {name, ip, env} ->
-        {:ok, address} = :inet.parse_address(String.to_charlist(ip))
-        interface = "{" <> (address |> Tuple.to_list() |> Enum.join(",")) <> "}"
-
-        Peer.start!(name, env,
-          netns: opts[:netns],
-          erl_args:
-            flags ++ ["-connect_all", "false", "-kernel", "inet_dist_use_interface", interface]
-        )
-      end,
-      4
-    )
-  end
 
   defp node_list(peer), do: Fleet.node_list(peer)
 
@@ -200,15 +133,6 @@ defmodule DynamicSrv.Integration.RecipesTest do
     )
 
     queries
-  end
-
-  defp hex_ip(ip) do
-    {:ok, address} = :inet.parse_address(String.to_charlist(ip))
-
-    address
-    |> Tuple.to_list()
-    |> Enum.map_join(&(&1 |> Integer.to_string(16) |> String.pad_leading(2, "0")))
-    |> String.downcase()
   end
 
   # --- the recipes -----------------------------------------------------------------------

@@ -210,9 +210,12 @@ defmodule DynamicSrv.Test.Fleet do
 
   # --- the strategy ------------------------------------------------------------------------
 
-  @doc "Starts DynamicSrv.Cluster on every peer (service and a 300 ms poll unless `opts` say)."
+  @doc """
+  Starts DynamicSrv.Cluster on every peer: service, a 300 ms poll and `removal_delay: 0`
+  (these tests count polls; the Consul test runs the default delay) unless `opts` say.
+  """
   def start_clusters!(peers, opts) do
-    opts = Keyword.merge([service: @service, polling_interval: @poll], opts)
+    opts = Keyword.merge([service: @service, polling_interval: @poll, removal_delay: 0], opts)
 
     for peer <- peers do
       assert {:ok, _pid} = Peer.call(peer, NodeAgent, :start_cluster, [opts])

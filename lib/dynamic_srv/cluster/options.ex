@@ -12,7 +12,9 @@ defmodule DynamicSrv.Cluster.Options do
     :node_naming,
     :ip_family,
     :max_nodes,
-    :max_node_atoms
+    :max_node_atoms,
+    :dns_transport,
+    :removal_delay
   ]
 
   @spec validate!(keyword()) :: map()
@@ -63,6 +65,15 @@ defmodule DynamicSrv.Cluster.Options do
       node_naming: get(config, :node_naming, :service_prefix, &naming?/1, @naming_help),
       ip_family: get(config, :ip_family, :inet, &(&1 in [:inet, :inet6]), ":inet or :inet6"),
       max_nodes: max_nodes,
+      dns_transport: get(config, :dns_transport, :tcp, &(&1 in [:tcp, :udp]), ":tcp or :udp"),
+      removal_delay:
+        get(
+          config,
+          :removal_delay,
+          10_000,
+          &(is_integer(&1) and &1 >= 0),
+          "a non-negative number of milliseconds"
+        ),
       max_node_atoms:
         get(config, :max_node_atoms, 16 * max_nodes, &pos_integer?/1, "a positive integer")
     }

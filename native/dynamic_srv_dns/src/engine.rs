@@ -10,7 +10,7 @@ use crate::config::{Config, PortMode};
 use crate::error::{ConfigError, LookupError, NameError};
 use crate::naming::NodeName;
 use crate::outage::{OutageTracker, Transition};
-use crate::resolver::Dns;
+use crate::resolver::{Dns, Transport};
 use crate::srv;
 
 /// How a peer's endpoint is found.
@@ -38,10 +38,19 @@ pub struct Engine {
 impl Engine {
     /// Must be called inside a tokio runtime context (the resolver binds to it).
     pub fn new(config: Config, cache: Arc<Cache>) -> Result<Self, ConfigError> {
+        Self::with_transport(config, cache, Transport::Udp)
+    }
+
+    /// Like `new`, asking DNS over `transport`.
+    pub fn with_transport(
+        config: Config,
+        cache: Arc<Cache>,
+        transport: Transport,
+    ) -> Result<Self, ConfigError> {
         // hickory tries twice (attempts = 1 retry): two thirds of the budget for the SRV query,
         // and whatever remains bounds the address query; `bounded` enforces the whole budget.
         let attempt_timeout = (config.lookup_timeout / 3).max(Duration::from_millis(10));
-        let dns = Dns::new(&config.nameservers, attempt_timeout)?;
+        let dns = Dns::with_transport(&config.nameservers, attempt_timeout, transport)?;
         Ok(Self {
             config,
             dns,

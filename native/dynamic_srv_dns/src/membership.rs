@@ -2,9 +2,13 @@
 //!
 //! * A DNS failure (timeout, SERVFAIL, REFUSED, unreachable, malformed answer) changes
 //!   nothing: the last good membership stands.
-//! * A node leaves only after it is missing from `REMOVAL_CONFIRMATIONS` successful answers
-//!   in a row. A sudden empty answer therefore disconnects nobody on the poll that sees it,
-//!   and a record that flaps every poll never causes a disconnect.
+//! * An answer that may be partial (trimmed by the server to fit a UDP packet or a TCP cap,
+//!   see `resolver::AnswerSize`) adds the nodes it lists and removes nobody: a member it
+//!   lacks may only have been left out.
+//! * A node leaves only after it is missing from `REMOVAL_CONFIRMATIONS` complete answers in
+//!   a row *and* has been missing for at least the removal delay. So one sudden empty answer
+//!   disconnects nobody, a record that flaps never causes a disconnect, and fast polling
+//!   cannot turn a short blip into one.
 //! * Names are compared case-insensitively, as DNS does: `N1@svc` and `n1@svc` are one
 //!   node. A member keeps its spelling; a new node takes its all-lowercase spelling if the
 //!   answer has it, else the first in byte order. So case variants cost no extra member.
@@ -13,9 +17,21 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
-/// Successive answers a node must be missing from before it counts as deregistered.
+/// Successive complete answers a node must be missing from before it counts as deregistered.
 pub const REMOVAL_CONFIRMATIONS: u32 = 2;
+
+/// How long a node must have been missing before it counts as deregistered, by default.
+pub const DEFAULT_REMOVAL_DELAY: Duration = Duration::from_secs(10);
+
+/// Whether an answer can be trusted to list every registered node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completeness {
+    Complete,
+    /// The server may have left records out: only additions are taken from it.
+    MaybePartial,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Change {
@@ -29,20 +45,30 @@ pub struct Change {
     pub outage_ended: Option<u64>,
     /// Names over `max_nodes` that were ignored.
     pub over_limit: usize,
+    /// Members a possibly partial answer lacked, kept because it proves nothing.
+    pub kept_despite_partial: usize,
+}
+
+/// Since when, and in how many successive complete answers, a member has been missing.
+#[derive(Debug, Clone, Copy, Default)]
+struct Absence {
+    answers: u32,
+    since: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Membership {
     max_nodes: usize,
-    /// Member -> how many successive answers it has been missing from.
-    members: BTreeMap<String, u32>,
+    removal_delay: Duration,
+    members: BTreeMap<String, Absence>,
     failed_polls: u64,
 }
 
 impl Membership {
-    pub fn new(max_nodes: usize) -> Self {
+    pub fn new(max_nodes: usize, removal_delay: Duration) -> Self {
         Self {
             max_nodes,
+            removal_delay,
             members: BTreeMap::new(),
             failed_polls: 0,
         }
@@ -52,7 +78,12 @@ impl Membership {
         self.members.keys().cloned().collect()
     }
 
-    pub fn observe_answer(&mut self, nodes: impl IntoIterator<Item = String>) -> Change {
+    pub fn observe_answer(
+        &mut self,
+        nodes: impl IntoIterator<Item = String>,
+        completeness: Completeness,
+        now: Instant,
+    ) -> Change {
         let seen = self.one_spelling_each(nodes);
         let mut change = Change {
             outage_ended: (self.failed_polls > 0).then_some(self.failed_polls),
@@ -60,18 +91,25 @@ impl Membership {
         };
         self.failed_polls = 0;
 
-        self.members.retain(|node, missing| {
+        let removal_delay = self.removal_delay;
+        self.members.retain(|node, absence| {
             if seen.contains(node) {
-                *missing = 0;
-                true
+                *absence = Absence::default();
+                return true;
+            }
+            if completeness == Completeness::MaybePartial {
+                change.kept_despite_partial += 1;
+                return true;
+            }
+            absence.answers += 1;
+            let since = *absence.since.get_or_insert(now);
+            if absence.answers >= REMOVAL_CONFIRMATIONS
+                && now.saturating_duration_since(since) >= removal_delay
+            {
+                change.left.push(node.clone());
+                false
             } else {
-                *missing += 1;
-                if *missing >= REMOVAL_CONFIRMATIONS {
-                    change.left.push(node.clone());
-                    false
-                } else {
-                    true
-                }
+                true
             }
         });
 
@@ -83,7 +121,7 @@ impl Membership {
                 change.over_limit += 1;
                 continue;
             }
-            self.members.insert(node.clone(), 0);
+            self.members.insert(node.clone(), Absence::default());
             change.joined.push(node);
         }
         change.members = self.members();
@@ -136,81 +174,197 @@ impl Membership {
 mod tests {
     use super::*;
 
+    const DELAY: Duration = Duration::from_secs(10);
+
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Polls `every` apart, each a complete answer.
+    struct Poller {
+        m: Membership,
+        now: Instant,
+        every: Duration,
+    }
+
+    impl Poller {
+        fn new(max_nodes: usize, every: Duration) -> Self {
+            Self {
+                m: Membership::new(max_nodes, DELAY),
+                now: Instant::now(),
+                every,
+            }
+        }
+
+        fn answer(&mut self, list: &[&str]) -> Change {
+            self.observe(names(list), Completeness::Complete)
+        }
+
+        fn partial(&mut self, list: &[&str]) -> Change {
+            self.observe(names(list), Completeness::MaybePartial)
+        }
+
+        fn observe(&mut self, nodes: Vec<String>, completeness: Completeness) -> Change {
+            self.now += self.every;
+            self.m.observe_answer(nodes, completeness, self.now)
+        }
+    }
+
     #[test]
     fn joins_and_confirmed_leaves() {
-        let mut m = Membership::new(10);
-        let c = m.observe_answer(names(&["a", "b", "c"]));
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        let c = p.answer(&["a", "b", "c"]);
         assert_eq!(c.joined, names(&["a", "b", "c"]));
-        let c = m.observe_answer(names(&["a", "b"]));
+        let c = p.answer(&["a", "b"]);
         assert!(c.left.is_empty(), "one missing answer is not enough");
         assert_eq!(c.members, names(&["a", "b", "c"]));
-        let c = m.observe_answer(names(&["a", "b"]));
+        let c = p.answer(&["a", "b"]);
+        assert!(
+            c.left.is_empty(),
+            "missing for 5 s of the 10 s removal delay"
+        );
+        let c = p.answer(&["a", "b"]);
         assert_eq!(c.left, names(&["c"]));
         assert_eq!(c.members, names(&["a", "b"]));
     }
 
     #[test]
+    fn slow_polls_remove_after_two_answers_once_the_delay_passed() {
+        let mut p = Poller::new(10, Duration::from_secs(30));
+        p.answer(&["a", "b"]);
+        assert!(p.answer(&["a"]).left.is_empty());
+        assert_eq!(p.answer(&["a"]).left, names(&["b"]));
+    }
+
+    #[test]
+    fn fast_polls_need_the_removal_delay_too() {
+        let mut p = Poller::new(10, Duration::from_millis(500));
+        p.answer(&["a", "b"]);
+        // 20 answers without b span 9.5 s: still a member.
+        for poll in 0..20 {
+            assert!(p.answer(&["a"]).left.is_empty(), "poll {poll}");
+        }
+        assert_eq!(p.answer(&["a"]).left, names(&["b"]));
+    }
+
+    #[test]
+    fn a_blip_shorter_than_the_delay_disconnects_nobody() {
+        let mut p = Poller::new(10, Duration::from_millis(500));
+        p.answer(&["a", "b"]);
+        for _ in 0..10 {
+            assert!(p.answer(&["a"]).left.is_empty());
+        }
+        // Back: the absence starts over.
+        p.answer(&["a", "b"]);
+        for _ in 0..19 {
+            assert!(p.answer(&["a"]).left.is_empty());
+        }
+    }
+
+    #[test]
     fn a_sudden_empty_answer_needs_confirmation() {
-        let mut m = Membership::new(10);
-        m.observe_answer(names(&["a", "b"]));
-        let c = m.observe_answer(Vec::new());
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a", "b"]);
+        let c = p.answer(&[]);
         assert!(c.left.is_empty());
         assert_eq!(c.members, names(&["a", "b"]));
         // Back on the next poll: nothing happened.
-        let c = m.observe_answer(names(&["a", "b"]));
+        let c = p.answer(&["a", "b"]);
         assert!(c.left.is_empty() && c.joined.is_empty());
-        // Empty twice in a row: they are gone.
-        m.observe_answer(Vec::new());
-        let c = m.observe_answer(Vec::new());
+        // Empty for long enough: they are gone.
+        p.answer(&[]);
+        p.answer(&[]);
+        let c = p.answer(&[]);
         assert_eq!(c.left, names(&["a", "b"]));
     }
 
     #[test]
+    fn partial_answers_add_but_never_remove() {
+        let mut p = Poller::new(100, Duration::from_secs(5));
+        p.answer(&["a", "b", "c"]);
+        for _ in 0..50 {
+            let c = p.partial(&["a"]);
+            assert!(c.left.is_empty());
+            assert_eq!(c.kept_despite_partial, 2);
+        }
+        let c = p.partial(&["a", "d"]);
+        assert_eq!(c.joined, names(&["d"]));
+        assert_eq!(c.members, names(&["a", "b", "c", "d"]));
+    }
+
+    #[test]
+    fn partial_answers_do_not_advance_an_absence() {
+        let mut p = Poller::new(100, Duration::from_secs(5));
+        p.answer(&["a", "b"]);
+        p.answer(&["a"]);
+        // Partial answers in between neither confirm nor reset b's absence...
+        for _ in 0..5 {
+            assert!(p.partial(&["a"]).left.is_empty());
+        }
+        // ...so the next complete answer without b is its second: b leaves.
+        assert_eq!(p.answer(&["a"]).left, names(&["b"]));
+    }
+
+    #[test]
+    fn a_shuffled_trimmed_answer_never_disconnects_anyone() {
+        // Consul over UDP: a random 19 of 24 each time. Marked partial, nobody ever leaves.
+        let all: Vec<String> = (0..24).map(|i| format!("n{i:02}")).collect();
+        let mut p = Poller::new(100, Duration::from_millis(500));
+        p.observe(all.clone(), Completeness::Complete);
+        for poll in 0..1000usize {
+            let subset: Vec<String> = all
+                .iter()
+                .cycle()
+                .skip(poll * 7 % 24)
+                .take(19)
+                .cloned()
+                .collect();
+            let c = p.observe(subset, Completeness::MaybePartial);
+            assert!(c.left.is_empty(), "poll {poll}");
+            assert_eq!(c.members.len(), 24);
+        }
+    }
+
+    #[test]
     fn failures_keep_the_last_membership_and_report_the_outage_once() {
-        let mut m = Membership::new(10);
-        m.observe_answer(names(&["a"]));
-        let first = m.observe_failure("timeout");
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a"]);
+        let first = p.m.observe_failure("timeout");
         assert_eq!(first.outage_started.as_deref(), Some("timeout"));
         assert_eq!(first.members, names(&["a"]));
         for _ in 0..20 {
-            let c = m.observe_failure("timeout");
+            let c = p.m.observe_failure("timeout");
             assert_eq!(c.outage_started, None);
             assert!(c.left.is_empty());
             assert_eq!(c.members, names(&["a"]));
         }
-        // A failure between two missing answers does not reset or advance the count.
-        let c = m.observe_answer(names(&["a"]));
+        let c = p.answer(&["a"]);
         assert_eq!(c.outage_ended, Some(21));
-        assert_eq!(m.observe_answer(names(&["a"])).outage_ended, None);
+        assert_eq!(p.answer(&["a"]).outage_ended, None);
     }
 
     #[test]
     fn a_flapping_record_never_leaves() {
-        let mut m = Membership::new(10);
+        let mut p = Poller::new(10, Duration::from_secs(5));
         for poll in 0..20 {
-            let answer = if poll % 2 == 0 {
-                names(&["a", "flap"])
+            let c = if poll % 2 == 0 {
+                p.answer(&["a", "flap"])
             } else {
-                names(&["a"])
+                p.answer(&["a"])
             };
-            let c = m.observe_answer(answer);
             assert!(c.left.is_empty(), "poll {poll}");
         }
     }
 
     #[test]
     fn case_variants_are_one_node() {
-        let mut m = Membership::new(10);
+        let mut p = Poller::new(10, Duration::from_secs(5));
         // A new node: the all-lowercase spelling wins, whatever the order.
-        let c = m.observe_answer(names(&["N1@s", "n1@s", "N2@s", "n2@S"]));
+        let c = p.answer(&["N1@s", "n1@s", "N2@s", "n2@S"]);
         assert_eq!(c.members, names(&["N2@s", "n1@s"]));
         // A member keeps its spelling, and a variant alone counts as the member being seen.
-        for _ in 0..3 {
-            let c = m.observe_answer(names(&["N1@S", "n2@s"]));
+        for _ in 0..5 {
+            let c = p.answer(&["N1@S", "n2@s"]);
             assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
             assert_eq!(c.members, names(&["N2@s", "n1@s"]));
         }
@@ -218,13 +372,13 @@ mod tests {
 
     #[test]
     fn max_nodes_caps_members_and_keeps_known_ones() {
-        let mut m = Membership::new(3);
-        m.observe_answer(names(&["m1", "m2"]));
+        let mut p = Poller::new(3, Duration::from_secs(5));
+        p.answer(&["m1", "m2"]);
         let flood: Vec<String> = (0..1000)
             .map(|i| format!("x{i:04}"))
             .chain(names(&["m1", "m2"]))
             .collect();
-        let c = m.observe_answer(flood);
+        let c = p.observe(flood, Completeness::Complete);
         assert_eq!(c.members.len(), 3);
         assert!(c.members.contains(&"m1".to_string()) && c.members.contains(&"m2".to_string()));
         assert_eq!(c.over_limit, 999);

@@ -4,17 +4,17 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
 use crate::cache::Family;
 use crate::engine::Engine;
 use crate::error::LookupError;
-use crate::membership::{Change, Membership};
+use crate::membership::{Change, Completeness, Membership};
 use crate::naming::{validate_dns_name, NodeName};
 use crate::node_naming::{NodeNaming, Unmapped};
-use crate::resolver::{SrvAnswer, SrvRecord};
+use crate::resolver::{AnswerSize, SrvAnswer, SrvRecord, Transport};
 
 pub const DEFAULT_MAX_NODES: usize = 1024;
 
@@ -26,6 +26,8 @@ pub struct TopologyConfig {
     /// target `BasenamePortIp` puts in the node name.
     pub family: Family,
     pub max_nodes: usize,
+    /// How long a node must be missing from complete answers before it counts as gone.
+    pub removal_delay: Duration,
 }
 
 impl TopologyConfig {
@@ -47,19 +49,25 @@ pub struct Poll {
     pub unmapped: Vec<(String, String)>,
     /// How many SRV (or A/AAAA) records the answer held.
     pub records: usize,
+    /// The warning for the first possibly partial answer that lacked known members; again
+    /// only after a complete answer.
+    pub partial_warning: Option<String>,
 }
 
 pub struct Topology {
     config: TopologyConfig,
     engine: Arc<Engine>,
     membership: Mutex<Membership>,
+    /// True from a partial-answer warning until the next complete answer.
+    warned_partial: Mutex<bool>,
 }
 
 impl Topology {
     pub fn new(config: TopologyConfig, engine: Arc<Engine>) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
-            membership: Mutex::new(Membership::new(config.max_nodes)),
+            membership: Mutex::new(Membership::new(config.max_nodes, config.removal_delay)),
+            warned_partial: Mutex::new(false),
             config,
             engine,
         })
@@ -89,17 +97,17 @@ impl Topology {
                 Err(error) => self.apply_failure(&error.to_string()),
             }
         } else {
-            let lookup = dns.addresses(service, self.config.family);
+            let lookup = dns.sized_addresses(service, self.config.family);
             match self.engine.bounded(service, lookup).await {
-                Ok(addresses) => {
+                Ok((addresses, size)) => {
                     let nodes = addresses
                         .iter()
                         .filter_map(|(ip, _)| self.config.naming.node_for_ip(*ip))
                         .collect();
-                    self.apply_nodes(nodes, Vec::new(), addresses.len())
+                    self.apply_nodes(nodes, Vec::new(), addresses.len(), Some(size))
                 }
                 Err(error) if error.is_authoritative_absence() => {
-                    self.apply_nodes(Vec::new(), Vec::new(), 0)
+                    self.apply_nodes(Vec::new(), Vec::new(), 0, None)
                 }
                 Err(error) => self.apply_failure(&error.to_string()),
             }
@@ -192,6 +200,7 @@ impl Topology {
             nodes,
             unmapped,
             answer.records.len() + answer.rejected_targets.len(),
+            answer.size,
         );
         // Only members get cached: a flood of names over max_nodes must not fill the address
         // cache that every connection shares.
@@ -226,17 +235,69 @@ impl Topology {
         }
     }
 
+    /// `size` is `None` for answers known to be whole: an authoritative "no such name", or
+    /// records from an injected resolver.
     fn apply_nodes(
         &self,
         nodes: Vec<String>,
         unmapped: Vec<(String, String)>,
         records: usize,
+        size: Option<AnswerSize>,
     ) -> Poll {
+        let partial = size.and_then(|size| size.partial_reason(records));
+        let completeness = match partial {
+            Some(_) => Completeness::MaybePartial,
+            None => Completeness::Complete,
+        };
+        let change = self
+            .membership()
+            .observe_answer(nodes, completeness, Instant::now());
+        let partial_warning = self.partial_warning(partial, &change, records);
         Poll {
-            change: self.membership().observe_answer(nodes),
+            change,
             unmapped,
             records,
+            partial_warning,
         }
+    }
+
+    /// Once per run of partial answers that lacked members: what was seen and the fix.
+    fn partial_warning(
+        &self,
+        partial: Option<String>,
+        change: &Change,
+        records: usize,
+    ) -> Option<String> {
+        let mut warned = self
+            .warned_partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(reason) = partial else {
+            *warned = false;
+            return None;
+        };
+        if *warned || change.kept_despite_partial == 0 {
+            return None;
+        }
+        *warned = true;
+        let dns = self.engine.dns();
+        let fix = match dns.transport() {
+            Transport::Udp => {
+                "poll over TCP (dns_transport: :tcp, the default), or have the server set the TC \
+                 bit on trimmed answers (Consul: dns_config { enable_truncate = true })"
+            }
+            Transport::Tcp => {
+                "the server caps TCP answers (Consul: 1024 records); keep the service under that size"
+            }
+        };
+        Some(format!(
+            "the answer for {} from {} may be partial: {reason}. It lists {records} records and \
+             lacks {} known members, which stay members until a complete answer leaves them out; \
+             members cannot be removed while answers look like this. Fix: {fix}",
+            self.config.service,
+            dns.servers_text(),
+            change.kept_despite_partial,
+        ))
     }
 
     fn remember_address(&self, node: &str, record: &SrvRecord, answer: &SrvAnswer, now: Instant) {

@@ -28,6 +28,7 @@ fn topology(nameserver: SocketAddr) -> Topology {
         naming: NodeNaming::BasenamePortIp("app".into()),
         family: Family::Inet,
         max_nodes: 64,
+        removal_delay: Duration::ZERO,
     };
     Topology::new(config, engine).unwrap()
 }
@@ -147,6 +148,7 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
             naming: NodeNaming::BasenamePortIp("app".into()),
             family: Family::Inet,
             max_nodes: 2,
+            removal_delay: Duration::ZERO,
         },
         engine,
     )

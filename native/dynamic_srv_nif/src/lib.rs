@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dynamic_srv_dns::config::{parse_nameservers, settings, Source, NAMESERVERS, VARIABLES};
 use dynamic_srv_dns::diagnosis::{Diagnoser, NodeCheck, Probe};
-use dynamic_srv_dns::resolver::SrvRecord;
+use dynamic_srv_dns::resolver::{SrvRecord, Transport};
 use dynamic_srv_dns::task::catch_panic;
 use dynamic_srv_dns::{
     Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, Topology, TopologyConfig,
@@ -30,6 +30,7 @@ mod atoms {
         ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
+        partial_warning, udp, tcp,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
@@ -175,16 +176,35 @@ fn port_please<'a>(
     })
 }
 
-/// `options` is `{service, naming, basename | nil, family, max_nodes, nameservers | nil}`;
-/// `vars` the environment, for the resolver settings when `nameservers` is nil.
+type TopologyOptions = (
+    String,
+    Atom,
+    Option<String>,
+    Atom,
+    usize,
+    Option<String>,
+    (Atom, u64),
+);
+
+/// `options` is `{service, naming, basename | nil, family, max_nodes, nameservers | nil,
+/// {:tcp | :udp, removal_delay_ms}}`; `vars` the environment, for the resolver settings when
+/// `nameservers` is nil.
 #[rustler::nif]
 fn topology_new<'a>(
     env: Env<'a>,
     vars: HashMap<String, String>,
-    options: (String, Atom, Option<String>, Atom, usize, Option<String>),
+    options: TopologyOptions,
 ) -> NifResult<Term<'a>> {
-    let (service, naming, basename, family, max_nodes, nameservers) = options;
+    let (service, naming, basename, family, max_nodes, nameservers, (transport, removal_delay)) =
+        options;
     let family = decode_family(family)?;
+    let transport = if transport == atoms::tcp() {
+        Transport::Tcp
+    } else if transport == atoms::udp() {
+        Transport::Udp
+    } else {
+        return Err(Error::BadArg);
+    };
     let basename = || basename.clone().unwrap_or_default();
     let naming = if naming == atoms::service_prefix() {
         NodeNaming::ServicePrefix
@@ -208,12 +228,14 @@ fn topology_new<'a>(
         }
         let runtime = runtime()?;
         let _context = runtime.enter();
-        let engine = Engine::new(config, shared_cache()).map_err(|e| e.to_string())?;
+        let engine =
+            Engine::with_transport(config, shared_cache(), transport).map_err(|e| e.to_string())?;
         let topology_config = TopologyConfig {
             service,
             naming,
             family,
             max_nodes,
+            removal_delay: Duration::from_millis(removal_delay),
         };
         let topology = Topology::new(topology_config, Arc::new(engine))?;
         Ok(ResourceArc::new(TopologyResource(Arc::new(topology))))
@@ -644,6 +666,7 @@ fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
         (atoms::over_limit(), change.over_limit.encode(env)),
         (atoms::unmapped(), poll.unmapped.encode(env)),
         (atoms::records(), poll.records.encode(env)),
+        (atoms::partial_warning(), poll.partial_warning.encode(env)),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }

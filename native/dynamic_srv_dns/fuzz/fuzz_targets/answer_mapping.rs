@@ -72,6 +72,7 @@ fuzz_target!(|input: Input| {
         naming: naming.clone(),
         family: Family::Inet,
         max_nodes,
+        removal_delay: std::time::Duration::ZERO,
     };
     let engine = engine();
     let Ok(topology) = Topology::new(config, engine.clone()) else {
