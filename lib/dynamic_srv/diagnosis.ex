@@ -388,7 +388,8 @@ defmodule DynamicSrv.Diagnosis do
     Enum.flat_map(check.probes, &probe_problem/1) ++ check.problems
   end
 
-  defp probe_problem(%{failure: nil}), do: []
+  # An answer that arrived can still be wrong: a service's SRV answer trimmed over UDP.
+  defp probe_problem(%{failure: nil} = probe), do: List.wrap(Map.get(probe, :problem))
 
   defp probe_problem(%{failure: failure} = probe) do
     [%{what: "#{probe.record_type} lookup of #{failure.message}", fix: failure.fix}]

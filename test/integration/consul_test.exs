@@ -232,6 +232,19 @@ defmodule DynamicSrv.Integration.ConsulTest do
     tcp_phase(context)
     udp_phase(context)
     enable_truncate_phase(context)
+    diagnosis_phase(context)
     deregistration_phase(context)
+  end
+
+  # DynamicSrv.diagnose() (and so `mix dynamic_srv.doctor`) on a node names the trimming.
+  defp diagnosis_phase(%{peers: [peer | _], consul: consul}) do
+    report = Peer.call(peer, DynamicSrv.Diagnosis, :run, [[services: ["my-app.service.consul"]]])
+    trimmed = Enum.filter(report.problems, &(&1.what =~ "trims UDP answers"))
+
+    assert [%{what: what, fix: fix}] = trimmed, inspect(report.problems)
+    assert what =~ ConsulDns.nameserver(consul)
+    assert what =~ "without setting the TC bit: 19 records over UDP, 24 over TCP"
+    assert fix =~ "enable_truncate = true"
+    assert Enum.join(DynamicSrv.Diagnosis.format(report), "\n") =~ "trims UDP answers"
   end
 end

@@ -11,7 +11,7 @@ use crate::config::{Config, PortMode, ERL_DIST_PORT, NAMESERVERS};
 use crate::engine::{Engine, Plan};
 use crate::error::{ConfigError, LookupError};
 use crate::naming::NodeName;
-use crate::resolver::SrvAnswer;
+use crate::resolver::{SrvAnswer, Transport};
 
 /// SRV records shown per answer; a service of a thousand nodes need not print them all.
 pub const MAX_RECORDS_SHOWN: usize = 20;
@@ -31,6 +31,8 @@ pub struct Probe {
     pub elapsed: Duration,
     /// The answer, one line per record, or the failure with its fix.
     pub outcome: Result<Vec<String>, Failure>,
+    /// Something wrong with an answer that did arrive (a trimmed one).
+    pub problem: Option<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct NodeCheck {
 /// Queries DNS as the epmd module would, with its own empty cache.
 pub struct Diagnoser {
     engine: Engine,
+    /// The same servers over TCP, to tell whether a UDP answer was trimmed.
+    tcp: Engine,
 }
 
 impl Diagnoser {
@@ -84,8 +88,10 @@ impl Diagnoser {
 
     pub fn with_config(config: Config) -> Result<Self, ConfigError> {
         // A private cache: a diagnosis must not change what the node answers from.
-        let engine = Engine::new(config, Arc::new(Cache::with_capacity(1)))?;
-        Ok(Self { engine })
+        let private = || Arc::new(Cache::with_capacity(1));
+        let tcp = Engine::with_transport(config.clone(), private(), Transport::Tcp)?;
+        let engine = Engine::new(config, private())?;
+        Ok(Self { engine, tcp })
     }
 
     pub fn config(&self) -> &Config {
@@ -115,8 +121,67 @@ impl Diagnoser {
             record_type: "SRV",
             elapsed,
             outcome,
+            problem: None,
         };
         (probe, result.ok())
+    }
+
+    /// `probe_srv` over UDP, as a resolver asks by default, checked against the same query
+    /// over TCP: a server that trims UDP answers without the TC bit (Consul by default) shows
+    /// as a UDP answer with fewer records, which is what a UDP poll would act on.
+    pub async fn probe_service(&self, name: &str) -> Probe {
+        let (mut probe, udp) = self.probe_srv(name).await;
+        let Some(udp) = udp else {
+            return probe;
+        };
+        let tcp = self.tcp.bounded(name, self.tcp.dns().srv(name)).await;
+        let udp_records = udp.records.len() + udp.rejected_targets.len();
+        let servers = self.servers_text();
+        probe.problem = match tcp {
+            Ok(tcp) => {
+                let tcp_records = tcp.records.len() + tcp.rejected_targets.len();
+                let tcp_partial = tcp.size.and_then(|size| size.partial_reason(tcp_records));
+                if let Some(reason) = tcp_partial {
+                    Some(Problem {
+                        what: format!(
+                            "SRV {name}: even the TCP answer may be partial ({reason}); \
+                             members missing from it are never removed"
+                        ),
+                        fix: "keep the service under the server's TCP cap (Consul: 1024 \
+                              instances), e.g. split it into several services"
+                            .to_string(),
+                    })
+                } else if tcp_records > udp_records {
+                    let tc = udp.size.is_some_and(|size| size.truncated);
+                    Some(Problem {
+                        what: format!(
+                            "SRV {name}: {servers} trims UDP answers{}: {udp_records} records \
+                             over UDP, {tcp_records} over TCP",
+                            if tc {
+                                ""
+                            } else {
+                                " without setting the TC bit"
+                            }
+                        ),
+                        fix: "poll over TCP (dns_transport: :tcp, the default); on Consul also \
+                              set dns_config { enable_truncate = true } so every resolver \
+                              retries trimmed answers over TCP"
+                            .to_string(),
+                    })
+                } else {
+                    None
+                }
+            }
+            // A server that does not do TCP: fine for UDP polling only while answers fit.
+            Err(error) => Some(Problem {
+                what: format!("SRV {name} over TCP failed: {error}"),
+                fix: format!(
+                    "let {servers} answer over TCP (the membership poll uses it by default), \
+                     or poll with dns_transport: :udp"
+                ),
+            }),
+        };
+        probe
     }
 
     pub async fn probe_addresses(&self, host: &str, family: Family) -> (Probe, Option<IpAddr>) {
@@ -140,6 +205,7 @@ impl Diagnoser {
             record_type,
             elapsed,
             outcome,
+            problem: None,
         };
         (probe, first)
     }

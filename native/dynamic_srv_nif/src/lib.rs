@@ -530,6 +530,7 @@ struct ProbeView {
     elapsed_us: u64,
     answers: Vec<String>,
     failure: Option<FailureView>,
+    problem: Option<ProblemView>,
 }
 
 impl From<Probe> for ProbeView {
@@ -551,6 +552,10 @@ impl From<Probe> for ProbeView {
             elapsed_us: probe.elapsed.as_micros() as u64,
             answers,
             failure,
+            problem: probe.problem.map(|p| ProblemView {
+                what: p.what,
+                fix: p.fix,
+            }),
         }
     }
 }
@@ -640,7 +645,7 @@ fn diagnose_query<'a>(
     let diagnoser = diagnoser.0.clone();
     let work = async move {
         let probe = match family {
-            None => diagnoser.probe_srv(&name).await.0,
+            None => diagnoser.probe_service(&name).await,
             Some(family) => diagnoser.probe_addresses(&name, family).await.0,
         };
         Some(ProbeView::from(probe))
