@@ -234,7 +234,8 @@ defmodule DynamicSrv.Cluster do
     log_poll(poll, state)
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
-    state = warn_over_limit(state, poll.over_limit)
+    # A failed poll says nothing about the answer's size: the warning state stands.
+    state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
 
     state = %{state | members: members, deregistered?: deregistered?(poll, state)}
 

@@ -304,6 +304,23 @@ defmodule DynamicSrv.ClusterTest do
     assert log =~ "beyond max_nodes=50"
   end
 
+  test "a failed poll between two over-limit answers does not repeat the max_nodes warning" do
+    many = for i <- 1..5, do: srv("m#{i}")
+    {resolver, set} = answer_with(many)
+
+    log =
+      capture_log(fn ->
+        pid = start_cluster(resolver, max_nodes: 3)
+        set.(fn _ -> {:error, :timeout} end)
+        :ok = Cluster.poll_now(pid)
+        set.(many)
+        :ok = Cluster.poll_now(pid)
+        assert length(Cluster.members(pid)) == 3
+      end)
+
+    assert length(String.split(log, "beyond max_nodes=3")) == 2, log
+  end
+
   test "invalid options are refused with a clear message" do
     Process.flag(:trap_exit, true)
 
@@ -319,6 +336,16 @@ defmodule DynamicSrv.ClusterTest do
              Cluster.start_link(service: @service, node_naming: {:basename, ""})
 
     assert message =~ "invalid node_naming"
+
+    assert {:error, {%ArgumentError{message: message}, _}} =
+             Cluster.start_link(service: @service, dns_transport: :quic)
+
+    assert message =~ "invalid dns_transport: :quic, expected :tcp or :udp"
+
+    assert {:error, {%ArgumentError{message: message}, _}} =
+             Cluster.start_link(service: @service, removal_delay: -1)
+
+    assert message =~ "invalid removal_delay: -1, expected milliseconds from 0 to 86400000"
 
     assert {:error, {:invalid_config, message}} =
              Cluster.start_link(service: @service, nameservers: "nope")

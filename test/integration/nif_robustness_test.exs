@@ -69,6 +69,8 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
     test "every NIF function raises ArgumentError for wrong types", %{engine: engine} do
       huge = :binary.copy("a", 16 * 1024 * 1024)
       not_utf8 = <<255, 254>>
+      # {dns_transport, removal_delay_ms}
+      tcp = {:tcp, 0}
 
       calls = [
         fn -> Native.configure(:not_a_map) end,
@@ -86,8 +88,17 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
         fn -> Native.port_please(engine, "a", {256, 0, 0, 1}) end,
         fn -> Native.port_please(engine, "a", {0, 0, 0, 0, 0, 0, 0, 70_000}) end,
         fn -> Native.port_please(engine, "a", "127.0.0.1") end,
-        fn -> Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, -1, nil}) end,
-        fn -> Native.topology_new(%{}, {"svc.test", :made_up, nil, :inet, 1, nil}) end,
+        fn ->
+          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, -1, nil, tcp})
+        end,
+        fn -> Native.topology_new(%{}, {"svc.test", :made_up, nil, :inet, 1, nil, tcp}) end,
+        fn ->
+          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil, {:quic, 0}})
+        end,
+        fn ->
+          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil, {:tcp, -5}})
+        end,
+        fn -> Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil}) end,
         fn -> Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet}) end,
         fn -> Native.topology_new(%{}, :nope) end,
         fn -> Native.topology_poll(engine, self(), make_ref()) end,
@@ -119,7 +130,7 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
       assert_receive {^tag, {:error, :invalid_node_name, _}}, 10_000
 
       {:ok, topology} =
-        Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 4, "127.0.0.1:9"})
+        Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 4, "127.0.0.1:9", tcp})
 
       records = [{0, 0, 4370, huge}, {0, 0, 4370, "ok.svc.test"}, {1, 2, 3, "x\0y.svc.test"}]
       poll = Native.topology_apply(topology, records)

@@ -71,8 +71,8 @@ defmodule DynamicSrv.Cluster.Options do
           config,
           :removal_delay,
           10_000,
-          &(is_integer(&1) and &1 >= 0),
-          "a non-negative number of milliseconds"
+          &(is_integer(&1) and &1 >= 0 and &1 <= 86_400_000),
+          "milliseconds from 0 to 86400000"
         ),
       max_node_atoms:
         get(config, :max_node_atoms, 16 * max_nodes, &pos_integer?/1, "a positive integer")

@@ -52,6 +52,8 @@ pub struct Poll {
     /// The warning for the first possibly partial answer that lacked known members; again
     /// only after a complete answer.
     pub partial_warning: Option<String>,
+    /// True when DNS gave no usable answer: the membership is the last good one.
+    pub failed: bool,
 }
 
 pub struct Topology {
@@ -231,6 +233,7 @@ impl Topology {
         self.engine.cache().note_dns_failure(Instant::now());
         Poll {
             change: self.membership().observe_failure(reason),
+            failed: true,
             ..Poll::default()
         }
     }
@@ -258,6 +261,7 @@ impl Topology {
             unmapped,
             records,
             partial_warning,
+            failed: false,
         }
     }
 

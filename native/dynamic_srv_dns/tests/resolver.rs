@@ -5,7 +5,7 @@ mod support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use dynamic_srv_dns::resolver::{Dns, SrvRecord};
+use dynamic_srv_dns::resolver::{Dns, SrvRecord, Transport};
 use dynamic_srv_dns::{Family, LookupError};
 use support::Dnsmasq;
 
@@ -271,4 +271,50 @@ async fn hickory_caches_answers_for_their_ttl_but_not_nxdomain() {
     let answer = dns.srv("n2.dyn.test").await.unwrap();
     assert_eq!(answer.records[0].port, 4371);
     assert_eq!(server.queries("SRV", "n2.dyn.test"), 2);
+}
+
+/// Client sockets of this machine connected to `port` on loopback (ESTABLISHED, state 01).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && fields[3] == "01"
+                && fields[2].rsplit(':').next() == Some(&format!("{port:04X}"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn tcp_lookups_close_their_connection_with_the_answer() {
+    // --no-daemon dnsmasq serves TCP inline in its one process: a connection held open
+    // between lookups would starve every other client.
+    let server = Dnsmasq::builder()
+        .local_domain("dyn.test")
+        .srv("svc.dyn.test", "t1.dyn.test", 4370, 0, 0)
+        .host("t1.dyn.test", &["127.0.0.5"])
+        .start();
+    let dns = Dns::with_transport(&[server.addr()], ATTEMPT, Transport::Tcp).unwrap();
+    for _ in 0..20 {
+        let answer = dns.srv("svc.dyn.test").await.unwrap();
+        assert_eq!(answer.records.len(), 1);
+        let size = answer.size.unwrap();
+        assert_eq!(size.transport, Transport::Tcp);
+        assert!(size.bytes > 40 && !size.truncated, "{size:?}");
+        assert_eq!(size.partial_reason(1), None);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(server.port()) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        established_to(server.port()),
+        0,
+        "a TCP connection stayed open"
+    );
+    // Every TCP query reached the server (none answered from a resolver cache).
+    assert_eq!(server.queries("SRV", "svc.dyn.test"), 20);
 }

@@ -30,7 +30,7 @@ mod atoms {
         ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
-        partial_warning, udp, tcp,
+        partial_warning, failed, udp, tcp,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
@@ -672,6 +672,7 @@ fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
         (atoms::unmapped(), poll.unmapped.encode(env)),
         (atoms::records(), poll.records.encode(env)),
         (atoms::partial_warning(), poll.partial_warning.encode(env)),
+        (atoms::failed(), poll.failed.encode(env)),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }
