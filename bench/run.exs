@@ -2,16 +2,21 @@
 # the results and rewrites the results section of BENCHMARKS.md. Run it through
 # ./scripts/bench (which compiles, sets MIX_ENV=test and cleans up after a crash):
 #
-#   ./scripts/bench            the full run (about 3 minutes on 2 cores)
+#   ./scripts/bench            the full run (about 8 minutes on 2 cores)
 #   ./scripts/bench --quick    shorter, for trying changes; BENCHMARKS.md is left alone
 #   ./scripts/bench --only latency,safety   some sections (implies --no-write)
+#   ./scripts/bench --only consul --write   writes just those sections into BENCHMARKS.md
 #   ./scripts/bench --no-write
+#   BENCH_BEFORE_EBIN=<another build's ebin> ./scripts/bench --only consul --no-write
+#                              adds that build's DynamicSrv.Cluster as a "before" arm to
+#                              section 8 (e.g. the commit before issue 10)
 Code.require_file("support/load.exs", __DIR__)
 
 alias DynamicSrv.Bench.{
   ClusterResults,
   ClusterRun,
   Concurrency,
+  Consul,
   Footprint,
   LargeAnswer,
   Latency,
@@ -87,6 +92,29 @@ concurrency =
       {:failed, why} -> failed.(:concurrency, "7. Concurrency", why)
     end
   end
+
+consul =
+  if want?.(:consul) do
+    quick_opts = [settle_ms: 5_000, window_ms: 6_000, latency_polls: 50]
+
+    case step.("8. Consul's DNS, 24 and 50 instances", fn ->
+           Consul.run(
+             if(quick, do: quick_opts, else: []) ++
+               [before_ebin: System.get_env("BENCH_BEFORE_EBIN")]
+           )
+         end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:consul, "8. Consul's DNS", why)
+    end
+  end
+
+consul =
+  if consul && quick && not Map.has_key?(consul, :failed),
+    do: %{
+      consul
+      | notes: consul.notes ++ ["--quick: a 6 s window 5 s after T, 50 polls per transport."]
+    },
+    else: consul
 
 idle =
   if want?.(:footprint) do
@@ -187,7 +215,7 @@ safety =
 
 sections =
   Enum.reject(
-    latency ++ [dns_load, convergence, large, footprint, safety, concurrency],
+    latency ++ [dns_load, convergence, large, footprint, safety, concurrency, consul],
     &is_nil/1
   )
 
@@ -206,10 +234,20 @@ info = %{
 results = Report.render(sections, info)
 IO.puts(results)
 
-if write do
-  path = Path.expand("../BENCHMARKS.md", __DIR__)
-  Report.write(path, results)
-  IO.puts(:stderr, "==> wrote the results section of #{Path.relative_to_cwd(path)}")
+cond do
+  write and only != nil ->
+    # --only ... --write: only these sections change; the others keep their last full run.
+    path = Path.expand("../BENCHMARKS.md", __DIR__)
+    Report.merge(path, sections, info)
+    IO.puts(:stderr, "==> wrote #{Enum.join(only, ", ")} into #{Path.relative_to_cwd(path)}")
+
+  write ->
+    path = Path.expand("../BENCHMARKS.md", __DIR__)
+    Report.write(path, results)
+    IO.puts(:stderr, "==> wrote the results section of #{Path.relative_to_cwd(path)}")
+
+  true ->
+    :ok
 end
 
 if Enum.any?(sections, &Map.has_key?(&1, :failed)), do: System.halt(1)

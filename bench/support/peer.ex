@@ -5,6 +5,7 @@ defmodule DynamicSrv.Bench.Peer do
   #   :ours    -epmd_module Elixir.DynamicSrv.Epmd (the NIF), poller DynamicSrv.Cluster
   #   :classic -epmd_module Elixir.DynamicSrv.Bench.ClassicEpmd (no NIF), poller
   #            DynamicSrv.Bench.ClassicPoller
+  # (`epmd_module` overrides the arm's: section 8 runs every arm on DynamicSrv.Epmd.)
   # Both arms get the same inetrc (OTP's resolver -> the benchmark's dnsmasq, no cache), the
   # same cookie and flags, and ERL_EPMD_PORT pointing where nothing listens. Ended by OS pid.
 
@@ -16,23 +17,40 @@ defmodule DynamicSrv.Bench.Peer do
   @reply "REPLY "
 
   @doc """
-  Boots nodes in parallel. Each spec is `{name, arm, dist_port}`; every node resolves
-  through `dns`. Returns the peers in spec order.
+  Boots nodes in parallel. Each spec is `{name, arm, dist_port}` or `{name, arm, dist_port,
+  spec_opts}`; every node resolves through `dns`: the benchmark's dnsmasq (`%Dns{}`) or any
+  server on 127.0.0.1 given as `%{port: port, dir: scratch_dir}` (the Consul section's
+  ConsulDns). Options, for all nodes or per spec (a spec's `erl_args` come after the shared
+  ones, its `env` is merged over them, its `ebin`/`epmd_module` win): `erl_args`, `env`,
+  `ebin`, `epmd_module` (default: the arm's). Returns the peers in spec order.
   """
-  def start_many!(specs, %Dns{} = dns, opts \\ []) do
+  def start_many!(specs, dns, opts \\ []) do
     inetrc = write_inetrc(dns)
 
     specs
-    |> Enum.map(fn {name, arm, dist_port} -> launch(name, arm, dist_port, dns, inetrc, opts) end)
+    |> Enum.map(fn
+      {name, arm, dist_port} -> launch(name, arm, dist_port, dns, inetrc, opts)
+      {name, arm, dist_port, own} -> launch(name, arm, dist_port, dns, inetrc, merge(opts, own))
+    end)
     |> Enum.map(&await_ready!/1)
+  end
+
+  defp merge(shared, own) do
+    Keyword.merge(shared, own, fn
+      :erl_args, a, b -> a ++ b
+      :env, a, b -> Map.merge(a, b)
+      _key, _a, b -> b
+    end)
   end
 
   def start!(name, arm, dist_port, dns, opts \\ []),
     do: hd(start_many!([{name, arm, dist_port}], dns, opts))
 
-  defp write_inetrc(dns) do
-    path = Path.join(dns.dir, "inetrc")
-    File.write!(path, Enum.map(Dns.inetrc(dns), &:io_lib.format("~p.~n", [&1])))
+  # Both kinds of `dns` are a server at 127.0.0.1:port plus a directory for the inetrc.
+  defp write_inetrc(%{dir: dir, port: port}) do
+    path = Path.join(dir, "inetrc")
+    terms = Dns.inetrc(%Dns{port: port})
+    File.write!(path, Enum.map(terms, &:io_lib.format("~p.~n", [&1])))
     path
   end
 
@@ -40,9 +58,10 @@ defmodule DynamicSrv.Bench.Peer do
     erl = System.find_executable("erl") || raise "erl not found"
 
     epmd_module =
-      case arm do
-        :ours -> "Elixir.DynamicSrv.Epmd"
-        :classic -> "Elixir.DynamicSrv.Bench.ClassicEpmd"
+      case {opts[:epmd_module], arm} do
+        {nil, :ours} -> "Elixir.DynamicSrv.Epmd"
+        {nil, :classic} -> "Elixir.DynamicSrv.Bench.ClassicEpmd"
+        {module, _arm} -> module
       end
 
     args =
@@ -55,7 +74,7 @@ defmodule DynamicSrv.Bench.Peer do
     env =
       %{
         "ERL_DIST_PORT" => Integer.to_string(dist_port),
-        "DYNAMIC_SRV_NAMESERVERS" => Dns.nameserver(dns),
+        "DYNAMIC_SRV_NAMESERVERS" => "127.0.0.1:#{dns.port}",
         "ERL_EPMD_PORT" => Integer.to_string(dead_port()),
         "ERL_CRASH_DUMP_SECONDS" => "0"
       }

@@ -45,6 +45,66 @@ defmodule DynamicSrv.Bench.Report do
     [header, align, body]
   end
 
+  @doc """
+  For a run of some sections only (`--only ... --write`): puts them into the results already
+  between the markers of `path`, leaving the other sections and their goals as they were. A
+  section replaces the one with the same number (`### 8.`), else it is appended; its goal rows
+  replace those with the same goal text. Each says when it ran, as the header is the full run's.
+  """
+  def merge(path, sections, info) do
+    text = File.read!(path)
+
+    [before, rest] = String.split(text, @begin, parts: 2) |> ensure_two("no #{@begin} in #{path}")
+
+    [old, tail] = String.split(rest, @finish, parts: 2) |> ensure_two("no #{@finish} in #{path}")
+    [head | blocks] = String.split(old, "\n### ")
+    {goals_block, blocks} = List.pop_at(blocks, 0)
+    true = String.starts_with?(goals_block, "Goals\n") || raise "no Goals table in #{path}"
+
+    new_goals = Enum.flat_map(sections, & &1.goals)
+    replaced = MapSet.new(new_goals, fn {goal, _, _} -> goal end)
+
+    kept =
+      goals_block
+      |> String.split("\n")
+      |> Enum.filter(&String.starts_with?(&1, "| "))
+      |> Enum.drop(1)
+      |> Enum.reject(fn row ->
+        MapSet.member?(replaced, row |> String.split(" | ") |> hd() |> String.trim_leading("| "))
+      end)
+
+    added =
+      Enum.map(new_goals, fn {g, v, met} ->
+        "| #{g} | #{v} | #{if met, do: "yes", else: "**no**"} |"
+      end)
+
+    goals =
+      "Goals\n\n| Goal | Measured | Met |\n|---|---|---|\n" <>
+        Enum.join(kept ++ added, "\n") <> "\n"
+
+    stamp =
+      "Run on its own (`--only`) #{info.started}, load average #{info.load_before} before and #{info.load_after} after, #{info.elapsed}."
+
+    blocks =
+      Enum.reduce(sections, blocks, fn s, blocks ->
+        s = %{s | notes: s.notes ++ [stamp]}
+        new = s |> section() |> IO.iodata_to_binary() |> String.replace_prefix("\n### ", "")
+        number = s.title |> String.split(" ") |> hd()
+
+        case Enum.find_index(blocks, &String.starts_with?(&1, number <> " ")) do
+          nil -> blocks ++ [new]
+          i -> List.replace_at(blocks, i, new)
+        end
+      end)
+
+    blocks = Enum.map(blocks, &(String.trim_trailing(&1) <> "\n"))
+    results = Enum.join([String.trim_trailing(head) <> "\n", goals | blocks], "\n### ")
+    File.write!(path, before <> @begin <> results <> "\n" <> @finish <> tail)
+  end
+
+  defp ensure_two([_, _] = parts, _why), do: parts
+  defp ensure_two(_, why), do: raise(why)
+
   @doc "Replaces the text between the markers of `path` (appends the markers if missing)."
   def write(path, results) do
     text = if File.exists?(path), do: File.read!(path), else: "# Benchmarks\n"
