@@ -182,16 +182,14 @@ defmodule DynamicSrv.Epmd do
   end
 
   # Printed on stderr as well as returned: at boot the return value ends up deep inside a
-  # "Kernel pid terminated" tuple that few people read to the end.
+  # "Kernel pid terminated" tuple that few people read to the end. Written straight to the
+  # emulator's stderr, synchronously and whole: OTP 27+ start `standard_error` before
+  # `net_sup` (OTP 25 after it), and a line sent through it at this point comes out after
+  # net_kernel's own `erlang:display_string/1` output, in the middle of its line, with
+  # non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1` writes UTF-8 on 25-29.
   defp refuse(message) do
-    text = ["DynamicSrv.Epmd: distribution not started: ", message, "\n"]
-
-    if Process.whereis(:standard_error) do
-      :io.put_chars(:standard_error, text)
-    else
-      :erlang.display_string(IO.iodata_to_binary(text) |> String.to_charlist())
-    end
-
+    line = "DynamicSrv.Epmd: distribution not started: " <> IO.chardata_to_string(message)
+    :erlang.display_string(String.to_charlist(line <> "\n"))
     {:error, {:dynamic_srv, message}}
   end
 end
