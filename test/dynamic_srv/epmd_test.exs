@@ -50,7 +50,10 @@ defmodule DynamicSrv.EpmdTest do
     end
 
     test "returns :ignore in name mode without ERL_DIST_PORT" do
-      set_env(%{"DYNAMIC_SRV_PORT_MODE" => "name", "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()})
+      set_env(%{
+        "DYNAMIC_SRV_PORT_MODE" => "name",
+        "DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()
+      })
 
       assert Epmd.start_link() == :ignore
     end

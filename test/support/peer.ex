@@ -94,7 +94,11 @@ defmodule DynamicSrv.Test.Peer do
       end
     end
 
-    wait_gone(os_pid, 100) || (kill(os_pid) && wait_gone(os_pid, 100))
+    unless wait_gone(os_pid, 100) do
+      kill(os_pid)
+      wait_gone(os_pid, 100)
+    end
+
     :ok
   end
 

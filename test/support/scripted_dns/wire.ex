@@ -10,7 +10,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
   # pointers and extended label types: that is the point.
 
   @type name :: String.t() | [binary()]
-  @type record ::
+  @type wire_record ::
           {:srv, name(), priority :: 0..65535, weight :: 0..65535, port :: 0..65535,
            target :: name()}
           | {:a, name(), :inet.ip4_address()}
@@ -82,7 +82,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
   A NOERROR answer to `query` with `answers` in the answer section and `additional` in the
   additional section, names compressed where a whole suffix was written before.
   """
-  @spec response(query(), [record()], [record()]) :: binary()
+  @spec response(query(), [wire_record()], [wire_record()]) :: binary()
   def response(query, answers, additional) do
     start = header_size() + byte_size(query.question)
     # The question's name and its suffixes, as compression targets.
