@@ -28,8 +28,13 @@ defmodule DynamicSrv.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger | test_applications(Mix.env())]]
   end
+
+  # Elixir 1.15+ keeps only the OTP applications a project lists on the code path; the TLS
+  # distribution tests drive :ssl from the test VM.
+  defp test_applications(:test), do: [:crypto, :asn1, :public_key, :ssl]
+  defp test_applications(_), do: []
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]

@@ -114,6 +114,7 @@ defmodule DynamicSrv.Diagnosis do
       | problems:
           uniq(
             setting_problems(settings) ++
+              vm_problems(vm_facts()) ++
               node_problems(this) ++
               dns_problems ++ probe_problems(report)
           )
@@ -371,6 +372,84 @@ defmodule DynamicSrv.Diagnosis do
   end
 
   defp node_problems(_this), do: []
+
+  @doc false
+  # How this VM was told to use an epmd module, for vm_problems/1.
+  @spec vm_facts() :: map()
+  def vm_facts do
+    %{
+      otp: String.to_integer(System.otp_release()),
+      flag: argument(:epmd_module),
+      kernel_parameter: Application.get_env(:kernel, :epmd_module),
+      start_epmd: argument(:start_epmd),
+      named_at_boot?: argument(:name) != nil or argument(:sname) != nil
+    }
+  end
+
+  defp argument(flag) do
+    case :init.get_argument(flag) do
+      {:ok, values} -> values |> List.last() |> List.last() |> to_string()
+      :error -> nil
+    end
+  end
+
+  @doc false
+  # Misconfigurations of the VM flags that select the epmd module: the kernel parameter on an
+  # OTP that ignores it, both forms at once (OTP 27+ refuses), an epmd daemon started anyway.
+  @spec vm_problems(map()) :: [%{what: String.t(), fix: String.t()}]
+  def vm_problems(facts) do
+    ours_by_flag? = facts.flag == "Elixir.DynamicSrv.Epmd"
+    # Without the inner quotes OTP 25 keeps the value as a charlist (27+ refuse to boot).
+    ours_by_parameter? = facts.kernel_parameter in [Epmd, ~c"Elixir.DynamicSrv.Epmd"]
+
+    ignored_parameter =
+      if ours_by_parameter? and facts.otp < 27 and facts.flag == nil do
+        [
+          %{
+            what:
+              "the kernel parameter epmd_module names DynamicSrv.Epmd, but OTP #{facts.otp} " <>
+                "ignores it (OTP 27+ read it): this VM uses stock epmd",
+            fix: "start the VM with -epmd_module Elixir.DynamicSrv.Epmd instead"
+          }
+        ]
+      else
+        []
+      end
+
+    both =
+      if facts.flag != nil and facts.kernel_parameter != nil and facts.otp >= 27 do
+        [
+          %{
+            what:
+              "both the -epmd_module flag and the kernel parameter epmd_module are given: " <>
+                "OTP #{facts.otp} refuses to start distribution with both (invalid_configuration)",
+            fix:
+              "keep one: -kernel epmd_module \"'Elixir.DynamicSrv.Epmd'\" (OTP 27+) or " <>
+                "-epmd_module Elixir.DynamicSrv.Epmd"
+          }
+        ]
+      else
+        []
+      end
+
+    ours? = ours_by_flag? or (ours_by_parameter? and facts.otp >= 27)
+
+    daemon =
+      if ours? and facts.named_at_boot? and facts.start_epmd != "false" do
+        [
+          %{
+            what:
+              "the VM was started without -start_epmd false, so it started an epmd daemon " <>
+                "(or tried to), which DynamicSrv.Epmd never uses",
+            fix: "add -start_epmd false next to the epmd module setting"
+          }
+        ]
+      else
+        []
+      end
+
+    ignored_parameter ++ both ++ daemon
+  end
 
   defp probe_problems(report) do
     self_problems =

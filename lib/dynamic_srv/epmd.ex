@@ -61,9 +61,10 @@ defmodule DynamicSrv.Epmd do
   end
 
   @doc """
-  The IP and port of node `name@host`. Inside `net_kernel` a cache miss answers
-  `{:ok, unspecified_ip}` at once (OTP only checks the shape there); the connection's setup
-  process then asks again and waits for the bounded lookup.
+  The IP and port of node `name@host`. Inside `net_kernel` (OTP 25 and 27 ask there first) a
+  cache miss answers `{:ok, unspecified_ip}` at once (OTP only checks the shape there); the
+  connection's setup process then asks again and waits for the bounded lookup. OTP 29 asks
+  first from a process it spawns for the purpose, which waits for the lookup itself.
   """
   @spec address_please(name(), name(), :inet | :inet6) ::
           {:ok, :inet.ip_address(), :inet.port_number(), 6}
@@ -133,7 +134,8 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  # Runs in a connection's setup process, never in net_kernel (see in_net_kernel?/0). The DNS
+  # Runs in a connection's setup process (or OTP 29's selection process), never in
+  # net_kernel (see in_net_kernel?/0). The DNS
   # thread bounds the lookup by the timeout and drops an answer it could only deliver more than
   # a second after that, and we wait two: no answer arrives after we stop waiting. `:no_reply`
   # (not `:timeout`) says the DNS thread itself did not answer in time, which it always should.
@@ -159,11 +161,15 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  # OTP asks twice per connection: first in the net_kernel process, where the dist module's
-  # select/1 only checks that the answer has the `{:ok, _}` shape, then in the connection's
-  # own setup process, which uses the address. A miss waited for in net_kernel would hold up
-  # every other connection (and nodes/0, monitors, ticks) for the whole lookup, so there the
-  # answer is "yes, this dist module handles it" and the setup process does the real lookup.
+  # OTP 25 and 27 ask twice per connection: first in the net_kernel process, where the dist
+  # module's select/1 only checks that the answer has the `{:ok, _}` shape, then in the
+  # connection's own setup process, which uses the address. A miss waited for in net_kernel
+  # would hold up every other connection (and nodes/0, monitors, ticks) for the whole lookup,
+  # so there the answer is "yes, this dist module handles it" and the setup process does the
+  # real lookup. OTP 29 runs select/1 in a process spawned per connection attempt
+  # (net_kernel:setup_check/5), never in net_kernel: this is then never true, that process
+  # waits for the bounded lookup (caching the answer for the setup process's own call), and
+  # net_kernel still never waits on DNS (test/chaos/blackhole_dns_test.exs checks it).
   defp in_net_kernel?, do: Process.whereis(:net_kernel) == self()
 
   defp unspecified(:inet6), do: {0, 0, 0, 0, 0, 0, 0, 0}
@@ -182,16 +188,14 @@ defmodule DynamicSrv.Epmd do
   end
 
   # Printed on stderr as well as returned: at boot the return value ends up deep inside a
-  # "Kernel pid terminated" tuple that few people read to the end.
+  # "Kernel pid terminated" tuple that few people read to the end. Written straight to the
+  # emulator's stderr, synchronously and whole: OTP 27+ start `standard_error` before
+  # `net_sup` (OTP 25 after it), and a line sent through it at this point comes out after
+  # net_kernel's own `erlang:display_string/1` output, in the middle of its line, with
+  # non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1` writes UTF-8 on 25-29.
   defp refuse(message) do
-    text = ["DynamicSrv.Epmd: distribution not started: ", message, "\n"]
-
-    if Process.whereis(:standard_error) do
-      :io.put_chars(:standard_error, text)
-    else
-      :erlang.display_string(IO.iodata_to_binary(text) |> String.to_charlist())
-    end
-
+    line = "DynamicSrv.Epmd: distribution not started: " <> IO.chardata_to_string(message)
+    :erlang.display_string(String.to_charlist(line <> "\n"))
     {:error, {:dynamic_srv, message}}
   end
 end

@@ -203,7 +203,8 @@ defmodule DynamicSrv.Chaos.HostileTargetsTest do
     await_polls(peers, 6)
 
     for peer <- peers do
-      assert over_limit_warnings.(peer) == before_steady[peer.name], "#{peer.name} warned again"
+      assert over_limit_warnings.(peer) == before_steady[peer.name],
+             "#{peer.name} warned again: #{inspect(Enum.take(logs(peer), -6))}"
     end
 
     names = for round <- 1..rounds, i <- 1..per_round, do: "f#{round}-#{i}@#{service()}"

@@ -218,8 +218,15 @@ defmodule DynamicSrv.Integration.BootRefusalTest do
 
       expected = @prefix <> unquote(message)
 
-      assert expected in String.split(output, "\n"),
+      lines = String.split(output, "\n")
+
+      assert expected in lines,
              "expected the line\n  #{expected}\nin the node's output:\n#{output}"
+
+      # Whole and once: not also inside another line (OTP 27+ start standard_error before
+      # net_sup, where output through it interleaves with net_kernel's), and valid UTF-8.
+      assert Enum.count(lines, &String.contains?(&1, @prefix)) == 1, output
+      assert String.valid?(output)
     end
   end
 

@@ -149,7 +149,10 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
       :ok = Native.load()
 
       {:ok, engine} =
-        Native.configure(%{"DYNAMIC_SRV_PORT_MODE" => "name", "DYNAMIC_SRV_NAMESERVERS" => dead()})
+        Native.configure(%{
+          "DYNAMIC_SRV_PORT_MODE" => "name",
+          "DYNAMIC_SRV_NAMESERVERS" => dead()
+        })
 
       assert Native.lookup_cached(engine, "app\u00e94370@127.0.0.1", :inet) ==
                {:ok, {127, 0, 0, 1}, 4370}

@@ -189,9 +189,11 @@ defmodule DynamicSrv.Integration.TlsTest do
     assert {:ok, :"tlsv1.3", ["n1"], :open} = tls_handshake(n1_spec, member, @service)
 
     # ...checks the service name against that certificate (hostname checking is on)...
-    assert {:error, {:tls_alert, {:handshake_failure, text}}} =
+    # (OTP 25 sends the alert as handshake_failure, newer ssl as bad_certificate.)
+    assert {:error, {:tls_alert, {alert, text}}} =
              tls_handshake(n1_spec, member, "elsewhere.dyn.test")
 
+    assert alert in [:handshake_failure, :bad_certificate]
     assert to_string(text) =~ "hostname_check_failed"
 
     # ...and refuses a client whose certificate comes from another CA, even one that trusts

@@ -50,9 +50,15 @@ defmodule DynamicSrv.Test.ChaosAgent do
 
   defp catch_loop(caught \\ []) do
     receive do
-      :stop -> :ok
-      {:caught?, from} -> send(from, {:caught, Enum.reverse(caught)}) && catch_loop(caught)
-      message -> catch_loop([message | caught])
+      :stop ->
+        :ok
+
+      {:caught?, from} ->
+        send(from, {:caught, Enum.reverse(caught)})
+        catch_loop(caught)
+
+      message ->
+        catch_loop([message | caught])
     end
   end
 

@@ -177,7 +177,8 @@ defmodule DynamicSrv.Test.Fleet do
     start_peers!(specs, fn spec ->
       Peer.start!(Atom.to_string(node_name(spec)), env(spec, dns, extra_env),
         erl_args: ["-connect_all", "false" | erl_args.(spec)],
-        netns: Map.get(spec, :netns)
+        netns: Map.get(spec, :netns),
+        epmd_config: Keyword.get(opts, :epmd_config, :flag)
       )
     end)
   end

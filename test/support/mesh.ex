@@ -28,7 +28,7 @@ defmodule DynamicSrv.Test.Mesh do
     facts = Peer.call(peer, DynamicSrv.Test.NodeAgent, :epmd_facts, [])
     assert facts.epmd_module == DynamicSrv.Epmd
     refute facts.erl_epmd_running
-    assert facts.start_epmd == {:ok, [['false']]}
+    assert facts.start_epmd == {:ok, [[~c"false"]]}
     # ERL_EPMD_PORT points at a port where nothing listens: asking epmd fails.
     assert {:error, _} = Peer.call(peer, :erl_epmd, :names, [~c"localhost"])
     facts

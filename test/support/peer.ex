@@ -11,7 +11,9 @@ defmodule DynamicSrv.Test.Peer do
   Starts a node named `name` (e.g. `"n1@dyn.test"`) with the given environment. Every node
   gets `ERL_EPMD_PORT` pointing at a port where nothing listens, so any use of epmd fails.
   Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default), `:netns` (run the
-  node inside a network namespace made by `DynamicSrv.Test.Netns`).
+  node inside a network namespace made by `DynamicSrv.Test.Netns`), `:epmd_config` (how the
+  VM is told to use DynamicSrv.Epmd: `:flag`, the default, for `-epmd_module`; `:kernel` for
+  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`).
   """
   def start!(name, env, opts \\ []) do
     case start(name, env, opts) do
@@ -25,17 +27,9 @@ defmodule DynamicSrv.Test.Peer do
     erl = System.find_executable("erl") || raise "erl not found"
 
     args =
-      [
-        "-noshell",
-        "-start_epmd",
-        "false",
-        "-epmd_module",
-        "Elixir.DynamicSrv.Epmd",
-        Keyword.get(opts, :dist, "-name"),
-        name,
-        "-setcookie",
-        @cookie
-      ] ++
+      ["-noshell", "-start_epmd", "false"] ++
+        epmd_config(Keyword.get(opts, :epmd_config, :flag)) ++
+        [Keyword.get(opts, :dist, "-name"), name, "-setcookie", @cookie] ++
         Enum.flat_map(code_paths(), &["-pa", &1]) ++
         Keyword.get(opts, :erl_args, []) ++
         ["-s", "Elixir.DynamicSrv.Test.NodeAgent", "main"]
@@ -60,6 +54,11 @@ defmodule DynamicSrv.Test.Peer do
       {:exit, status, output} -> {:error, status, output}
     end
   end
+
+  # Arguments go to the VM as they are (no shell): the inner quotes are part of the value.
+  defp epmd_config(:flag), do: ["-epmd_module", "Elixir.DynamicSrv.Epmd"]
+  defp epmd_config(:kernel), do: ["-kernel", "epmd_module", "'Elixir.DynamicSrv.Epmd'"]
+  defp epmd_config(:both), do: epmd_config(:flag) ++ epmd_config(:kernel)
 
   @doc "Boots a node expected to refuse to start; returns `{exit_status, output}`."
   def boot_failure(name, env, opts \\ []) do
@@ -94,7 +93,11 @@ defmodule DynamicSrv.Test.Peer do
       end
     end
 
-    wait_gone(os_pid, 100) || (kill(os_pid) && wait_gone(os_pid, 100))
+    unless wait_gone(os_pid, 100) do
+      kill(os_pid)
+      wait_gone(os_pid, 100)
+    end
+
     :ok
   end
 

@@ -27,7 +27,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
           | {:rcode, :servfail | :refused}
           | :truncate_tcp_refused
           | :blackhole
-          | {:answer, [Wire.record()]}
+          | {:answer, [Wire.wire_record()]}
 
   @upstream_timeout 5_000
 

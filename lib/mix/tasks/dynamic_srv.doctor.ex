@@ -50,7 +50,7 @@ defmodule Mix.Tasks.DynamicSrv.Doctor do
         end)
 
     report = DynamicSrv.Diagnosis.run(diagnosis_opts)
-    Enum.each(DynamicSrv.Diagnosis.format(report), &Mix.shell().info/1)
+    Enum.each(DynamicSrv.Diagnosis.format(report), fn line -> Mix.shell().info(line) end)
 
     if report.problems != [], do: exit({:shutdown, 1})
     :ok

@@ -14,7 +14,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
   # does): `response/4` takes them as options; `response/3` is unchanged.
 
   @type name :: String.t() | [binary()]
-  @type record ::
+  @type wire_record ::
           {:srv, name(), priority :: 0..65535, weight :: 0..65535, port :: 0..65535,
            target :: name()}
           | {:a, name(), :inet.ip4_address()}
@@ -98,7 +98,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
   Options: `rcode:` (default `:noerror`), `authority:` (records, default `[]`), `tc:`
   (default false), `ttl:` (of every record but OPT, default 0), `compress:` (default true).
   """
-  @spec response(query(), [record()], [record()], keyword()) :: binary()
+  @spec response(query(), [wire_record()], [wire_record()], keyword()) :: binary()
   def response(query, answers, additional, opts \\ []) do
     authority = Keyword.get(opts, :authority, [])
     ttl = Keyword.get(opts, :ttl, 0)
