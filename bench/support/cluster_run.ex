@@ -132,7 +132,8 @@ defmodule DynamicSrv.Bench.ClusterRun do
     end)
   end
 
-  defp sleep_until(at_us) do
+  @doc "Sleeps until os_time `at_us` (µs), if it is still ahead."
+  def sleep_until(at_us) do
     left = div(at_us - System.os_time(:microsecond), 1_000)
     if left > 0, do: Process.sleep(left)
   end

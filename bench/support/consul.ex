@@ -14,7 +14,7 @@ defmodule DynamicSrv.Bench.Consul do
   #              commit before issue 10), options it knows only, over UDP as it always did
   # Plus, in this VM, the cost of one poll over UDP and over TCP (poll_now/1, no nodes).
 
-  alias DynamicSrv.Bench.{Os, Peer, Stats}
+  alias DynamicSrv.Bench.{ClusterRun, Os, Peer, Stats}
   alias DynamicSrv.Test.{ConsulDns, NodeAgent}
 
   @agent DynamicSrv.Bench.Agent
@@ -88,12 +88,12 @@ defmodule DynamicSrv.Bench.Consul do
       # Polls are counted by tracing each poller's :poll timer message (the first poll runs
       # at start, before the window): exact for every arm, whatever its list_nodes use.
       # Only OTP functions are called on the nodes for this, as a :before node is another build.
-      sleep_until(t + 1_000_000)
+      ClusterRun.sleep_until(t + 1_000_000)
       sinks = count_polls!(peers)
 
-      sleep_until(t + cfg.settle_ms * 1_000)
+      ClusterRun.sleep_until(t + cfg.settle_ms * 1_000)
       start = snapshot(peers, sinks, consul)
-      sleep_until(t + (cfg.settle_ms + cfg.window_ms) * 1_000)
+      ClusterRun.sleep_until(t + (cfg.settle_ms + cfg.window_ms) * 1_000)
       finish = snapshot(peers, sinks, consul)
       samples = Task.await(sampler, 60_000)
 
@@ -157,7 +157,7 @@ defmodule DynamicSrv.Bench.Consul do
   end
 
   defp sample(peers, expected, t, next, stop, acc) when next <= stop do
-    sleep_until(next)
+    ClusterRun.sleep_until(next)
     at_ms = div(System.os_time(:microsecond) - t, 1_000)
     views = Peer.call_all(peers, :erlang, :nodes, [], @call_timeout)
 
@@ -498,10 +498,5 @@ defmodule DynamicSrv.Bench.Consul do
       nil -> "?"
       l -> length(l.udp)
     end
-  end
-
-  defp sleep_until(at_us) do
-    left = div(at_us - System.os_time(:microsecond), 1_000)
-    if left > 0, do: Process.sleep(left)
   end
 end

@@ -176,10 +176,7 @@ defmodule DynamicSrv.Integration.RecipesTest do
 
       nodes =
         for i <- instances do
-          {name, flags, env} =
-            nomad_env("nomad/app.nomad.hcl")
-            |> interpolate(%{"NOMAD_PORT_dist" => "#{i.port}", "NOMAD_IP_dist" => i.ip})
-            |> boot_spec()
+          {name, flags, env} = nomad_node(i.ip, i.port)
 
           assert name == "app-#{i.port}@#{i.ip}"
           assert flags == []

@@ -64,6 +64,16 @@ defmodule DynamicSrv.Test.Recipes do
     {env["RELEASE_NODE"], List.flatten(flags -- epmd), node_env}
   end
 
+  @doc """
+  The Nomad recipe's `{name, flags, env}` for an allocation at `ip` with dist port `port`:
+  its env block interpolated as Nomad would, then read as the release's start script does.
+  """
+  def nomad_node(ip, port) do
+    nomad_env("nomad/app.nomad.hcl")
+    |> interpolate(%{"NOMAD_PORT_dist" => "#{port}", "NOMAD_IP_dist" => ip})
+    |> boot_spec()
+  end
+
   @doc "Boots one node per `{name, ip, env}` in parallel, each listening on `ip` only."
   def boot!(nodes, flags, opts \\ []) do
     Fleet.start_peers!(
