@@ -52,14 +52,17 @@ defmodule DynamicSrv.Cluster do
     * A DNS failure (timeout, SERVFAIL, REFUSED, unreachable server, malformed or truncated
       answer) keeps the last good membership. One warning when the outage starts, one line
       when it ends.
-    * A node is deregistered only after it is missing from **2 successive complete answers**
-      and has been missing for at least `:removal_delay` ms, so one sudden empty answer, a
-      record that flaps, or a short blip under fast polling disconnects nobody.
+    * A node is deregistered only after it is missing from **2 successive complete answers
+      that list the same nodes** and has been missing for at least `:removal_delay` ms, so
+      one sudden empty answer, a record that flaps, a short blip under fast polling, or a
+      server rotating a subset under a record-count cap (Route 53 multivalue answers: 8)
+      disconnects nobody.
     * An answer that may be partial never removes anyone: one with the TC bit, a UDP answer
       that fills its packet (1232 bytes with EDNS0, 512 without, or exactly 3 records
       without EDNS0, Consul's `udp_answer_limit`), a TCP answer at Consul's cap of 1024
-      records. It still adds the nodes it lists. One warning names the server, what was
-      seen and the fix, again only after a complete answer.
+      records, one with an SRV target whose address is missing. It still adds the nodes it
+      lists. One warning names the server, what was seen and the fix (also for answers that
+      keep rotating), again only after an answer above suspicion.
     * Every poll connects the members not currently connected, each in its own process, so
       an unreachable peer delays nobody; a node that dropped its connection is retried.
     * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to

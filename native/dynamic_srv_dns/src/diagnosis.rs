@@ -126,6 +126,41 @@ impl Diagnoser {
         (probe, result.ok())
     }
 
+    /// Asks over TCP once more: a server that answers a different subset each time (a
+    /// record-count cap, as Route 53's multivalue answers) shows as two whole-looking answers
+    /// of one size that disagree.
+    async fn rotating_subset(&self, name: &str, first: &SrvAnswer) -> Option<Problem> {
+        let second = self
+            .tcp
+            .bounded(name, self.tcp.dns().srv(name))
+            .await
+            .ok()?;
+        let set = |answer: &SrvAnswer| -> std::collections::BTreeSet<(String, u16)> {
+            answer
+                .records
+                .iter()
+                .map(|r| (r.target.to_ascii_lowercase(), r.port))
+                .collect()
+        };
+        let (a, b) = (set(first), set(&second));
+        if a == b || a.len() != b.len() {
+            return None;
+        }
+        let seen = a.union(&b).count();
+        Some(Problem {
+            what: format!(
+                "SRV {name}: {} answers a different subset of the service each time ({} \
+                 records per answer, {seen} different ones in two answers): a record-count cap",
+                self.servers_text(),
+                a.len()
+            ),
+            fix: "have the server return every instance (Route 53 / Cloud Map multivalue \
+                  answers hold at most 8 records); members join as answers show them and are \
+                  removed only when two successive answers agree"
+                .to_string(),
+        })
+    }
+
     /// `probe_srv` over UDP, as a resolver asks by default, checked against the same query
     /// over TCP: a server that trims UDP answers without the TC bit (Consul by default) shows
     /// as a UDP answer with fewer records, which is what a UDP poll would act on.
@@ -151,6 +186,8 @@ impl Diagnoser {
                               instances), e.g. split it into several services"
                             .to_string(),
                     })
+                } else if let Some(subset) = self.rotating_subset(name, &tcp).await {
+                    Some(subset)
                 } else if tcp_records > udp_records {
                     let tc = udp.size.is_some_and(|size| size.truncated);
                     Some(Problem {

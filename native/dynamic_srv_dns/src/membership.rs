@@ -6,9 +6,11 @@
 //!   see `resolver::AnswerSize`) adds the nodes it lists and removes nobody: a member it
 //!   lacks may only have been left out.
 //! * A node leaves only after it is missing from `REMOVAL_CONFIRMATIONS` complete answers in
-//!   a row *and* has been missing for at least the removal delay. So one sudden empty answer
-//!   disconnects nobody, a record that flaps never causes a disconnect, and fast polling
-//!   cannot turn a short blip into one.
+//!   a row, the last two of which list the same nodes, *and* has been missing for at least
+//!   the removal delay. So one sudden empty answer disconnects nobody, a record that flaps
+//!   never causes a disconnect, fast polling cannot turn a short blip into one, and a server
+//!   that answers a different subset each time (a record-count cap, as Route 53's multivalue
+//!   answers: 8 records) removes nobody: its answers never agree.
 //! * Names are compared case-insensitively, as DNS does: `N1@svc` and `n1@svc` are one
 //!   node. A member keeps its spelling; a new node takes its all-lowercase spelling if the
 //!   answer has it, else the first in byte order. So case variants cost no extra member.
@@ -16,7 +18,7 @@
 //!   names cannot push out known-good nodes; the excess is counted and ignored.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Successive complete answers a node must be missing from before it counts as deregistered.
@@ -45,8 +47,12 @@ pub struct Change {
     pub outage_ended: Option<u64>,
     /// Names over `max_nodes` that were ignored.
     pub over_limit: usize,
-    /// Members a possibly partial answer lacked, kept because it proves nothing.
-    pub kept_despite_partial: usize,
+    /// Members this answer lacked that are still members (not yet confirmed gone).
+    pub kept_missing: usize,
+    /// This answer and the one before each lacked members the answer before them listed
+    /// while listing members it lacked: the server rotates a subset of the service through its
+    /// answers. (Once alone can be two stable-named nodes restarting at the same time.)
+    pub rotating: bool,
 }
 
 /// Since when, and in how many successive complete answers, a member has been missing.
@@ -61,6 +67,10 @@ pub struct Membership {
     max_nodes: usize,
     removal_delay: Duration,
     members: BTreeMap<String, Absence>,
+    /// The nodes (lowercased) of the last complete answer.
+    last_answer: Option<BTreeSet<String>>,
+    /// Whether the last complete answer rotated against the one before it.
+    rotated_last: bool,
     failed_polls: u64,
 }
 
@@ -70,6 +80,8 @@ impl Membership {
             max_nodes,
             removal_delay,
             members: BTreeMap::new(),
+            last_answer: None,
+            rotated_last: false,
             failed_polls: 0,
         }
     }
@@ -90,6 +102,14 @@ impl Membership {
             ..Change::default()
         };
         self.failed_polls = 0;
+        let complete = completeness == Completeness::Complete;
+        let answer: BTreeSet<String> = seen.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let agrees = complete && self.last_answer.as_ref() == Some(&answer);
+        if complete {
+            let rotated = self.rotates(&answer);
+            change.rotating = rotated && self.rotated_last;
+            self.rotated_last = rotated;
+        }
 
         let removal_delay = self.removal_delay;
         self.members.retain(|node, absence| {
@@ -97,21 +117,23 @@ impl Membership {
                 *absence = Absence::default();
                 return true;
             }
-            if completeness == Completeness::MaybePartial {
-                change.kept_despite_partial += 1;
-                return true;
+            if complete {
+                absence.answers += 1;
+                let since = *absence.since.get_or_insert(now);
+                if agrees
+                    && absence.answers >= REMOVAL_CONFIRMATIONS
+                    && now.saturating_duration_since(since) >= removal_delay
+                {
+                    change.left.push(node.clone());
+                    return false;
+                }
             }
-            absence.answers += 1;
-            let since = *absence.since.get_or_insert(now);
-            if absence.answers >= REMOVAL_CONFIRMATIONS
-                && now.saturating_duration_since(since) >= removal_delay
-            {
-                change.left.push(node.clone());
-                false
-            } else {
-                true
-            }
+            change.kept_missing += 1;
+            true
         });
+        if complete {
+            self.last_answer = Some(answer);
+        }
 
         for node in seen {
             if self.members.contains_key(&node) {
@@ -126,6 +148,28 @@ impl Membership {
         }
         change.members = self.members();
         change
+    }
+
+    /// True when `answer` dropped a member the last answer had and brought back a member the
+    /// last answer lacked. A real change (a node leaving, another joining) brings new names,
+    /// not known ones.
+    fn rotates(&self, answer: &BTreeSet<String>) -> bool {
+        let Some(last) = &self.last_answer else {
+            return false;
+        };
+        let members: HashSet<String> = self
+            .members
+            .keys()
+            .map(|member| member.to_ascii_lowercase())
+            .collect();
+        let known = |name: &String| members.contains(name);
+        let dropped = last
+            .iter()
+            .any(|name| !answer.contains(name) && known(name));
+        let returned = answer
+            .iter()
+            .any(|name| !last.contains(name) && known(name));
+        dropped && returned
     }
 
     /// Collapses names that differ only in letter case into one spelling per node.
@@ -285,7 +329,7 @@ mod tests {
         for _ in 0..50 {
             let c = p.partial(&["a"]);
             assert!(c.left.is_empty());
-            assert_eq!(c.kept_despite_partial, 2);
+            assert_eq!(c.kept_missing, 2);
         }
         let c = p.partial(&["a", "d"]);
         assert_eq!(c.joined, names(&["d"]));
@@ -323,6 +367,71 @@ mod tests {
             assert!(c.left.is_empty(), "poll {poll}");
             assert_eq!(c.members.len(), 24);
         }
+    }
+
+    /// A different `take` of `all` per poll, as a server under a record-count cap answers.
+    fn rotating_subset(all: &[String], poll: usize, take: usize) -> Vec<String> {
+        all.iter()
+            .cycle()
+            .skip(poll * 7 % all.len())
+            .take(take)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_server_rotating_a_subset_under_a_count_cap_removes_nobody() {
+        // Route 53 multivalue answers: 8 of 30, a different 8 each time, no TC, over TCP too.
+        let all: Vec<String> = (0..30).map(|i| format!("n{i:02}")).collect();
+        let mut p = Poller::new(100, Duration::from_secs(5));
+        p.observe(all.clone(), Completeness::Complete);
+        let mut rotating = 0;
+        for poll in 0..500 {
+            let c = p.observe(rotating_subset(&all, poll, 8), Completeness::Complete);
+            assert!(c.left.is_empty(), "poll {poll}: {:?}", c.left);
+            assert_eq!(c.members.len(), 30);
+            rotating += usize::from(c.rotating);
+        }
+        assert!(rotating > 400, "rotation seen on {rotating} of 500 polls");
+    }
+
+    #[test]
+    fn a_leave_needs_two_answers_that_agree() {
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a", "b", "c"]);
+        // c is gone, but the answers disagree about b (it flaps): nobody is removed...
+        for _ in 0..5 {
+            assert!(p.answer(&["a", "b"]).left.is_empty());
+            let c = p.answer(&["a"]);
+            assert!(c.left.is_empty(), "{c:?}");
+            assert_eq!(c.kept_missing, 2);
+        }
+        // ...until two answers agree: then c leaves, and b once it has been missing long enough.
+        assert_eq!(p.answer(&["a", "b"]).left, Vec::<String>::new());
+        assert_eq!(p.answer(&["a", "b"]).left, names(&["c"]));
+        assert!(!p.answer(&["a", "b"]).rotating);
+    }
+
+    #[test]
+    fn two_stable_names_restarting_at_once_is_no_rotation() {
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a", "b", "c"]);
+        p.answer(&["a", "c"]);
+        // b is back as c goes down for its restart: once, not a pattern.
+        assert!(!p.answer(&["a", "b"]).rotating);
+        assert!(!p.answer(&["a", "b", "c"]).rotating);
+    }
+
+    #[test]
+    fn a_join_while_another_leaves_is_no_rotation() {
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a", "b"]);
+        let c = p.answer(&["a", "new"]);
+        assert!(
+            !c.rotating,
+            "a new name is a join, not a member coming back"
+        );
+        assert_eq!(c.joined, names(&["new"]));
     }
 
     #[test]

@@ -94,9 +94,18 @@ impl AnswerSize {
         // Servers trim by dropping whole records until the rest fits: if one more record of
         // this answer's average size would not have fit, records may have been dropped.
         let per_record = self.bytes.div_ceil(records);
+        let tcp_cap = || {
+            (records >= CONSUL_TCP_RECORD_CAP || self.bytes + per_record > CONSUL_TCP_BYTE_CAP)
+                .then(|| {
+                    format!(
+                        "a TCP answer of {} bytes with {records} records is at the size a server caps TCP answers to",
+                        self.bytes
+                    )
+                })
+        };
         match self.transport {
-            // Over `PLAIN_UDP_PAYLOAD`, the answer came over TCP after a TC retry.
-            Transport::Udp if self.bytes > EDNS_PAYLOAD.max(PLAIN_UDP_PAYLOAD) => None,
+            // Over the EDNS0 size, the answer came over TCP after a TC retry.
+            Transport::Udp if self.bytes > EDNS_PAYLOAD.max(PLAIN_UDP_PAYLOAD) => tcp_cap(),
             Transport::Udp if !self.edns && records == CONSUL_UDP_ANSWER_LIMIT => Some(format!(
                 "a UDP answer without EDNS0 holds exactly {records} records, Consul's udp_answer_limit"
             )),
@@ -115,14 +124,7 @@ impl AnswerSize {
                     )
                 })
             }
-            Transport::Tcp => (records >= CONSUL_TCP_RECORD_CAP
-                || self.bytes + per_record > CONSUL_TCP_BYTE_CAP)
-                .then(|| {
-                    format!(
-                        "a TCP answer of {} bytes with {records} records is at the size a server caps TCP answers to",
-                        self.bytes
-                    )
-                }),
+            Transport::Tcp => tcp_cap(),
         }
     }
 }
@@ -448,8 +450,9 @@ mod tests {
         // Room for several more records: whole.
         assert_eq!(udp(400, true).partial_reason(6), None);
         assert_eq!(udp(1000, true).partial_reason(16), None);
-        // Over 1232 bytes it came over TCP after a TC retry.
+        // Over 1232 bytes it came over TCP after a TC retry: whole unless at the TCP cap.
         assert_eq!(udp(5000, true).partial_reason(80), None);
+        assert!(udp(45_000, true).partial_reason(1024).is_some());
     }
 
     #[test]

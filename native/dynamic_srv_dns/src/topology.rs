@@ -14,7 +14,7 @@ use crate::error::LookupError;
 use crate::membership::{Change, Completeness, Membership};
 use crate::naming::{validate_dns_name, NodeName};
 use crate::node_naming::{NodeNaming, Unmapped};
-use crate::resolver::{AnswerSize, SrvAnswer, SrvRecord, Transport};
+use crate::resolver::{SrvAnswer, SrvRecord, Transport};
 
 pub const DEFAULT_MAX_NODES: usize = 1024;
 
@@ -106,7 +106,10 @@ impl Topology {
                         .iter()
                         .filter_map(|(ip, _)| self.config.naming.node_for_ip(*ip))
                         .collect();
-                    self.apply_nodes(nodes, Vec::new(), addresses.len(), Some(size))
+                    let partial = size
+                        .partial_reason(addresses.len())
+                        .map(|reason| (reason, self.trimming_fix()));
+                    self.apply_nodes(nodes, Vec::new(), addresses.len(), partial)
                 }
                 Err(error) if error.is_authoritative_absence() => {
                     self.apply_nodes(Vec::new(), Vec::new(), 0, None)
@@ -176,6 +179,7 @@ impl Topology {
             .collect();
         let now = Instant::now();
         let mut mapped_records = Vec::new();
+        let mut no_address = Vec::new();
         for record in &answer.records {
             let family = self.config.family;
             let address = answer.address_of(&record.target, family).map(|(ip, _)| ip);
@@ -195,15 +199,39 @@ impl Topology {
                     mapped_records.push((node.clone(), record));
                     nodes.push(node);
                 }
-                Err(why) => unmapped.push((record.target.clone(), why.to_string())),
+                Err(why) => {
+                    if matches!(why, Unmapped::NoAddress { .. }) {
+                        no_address.push(record.target.clone());
+                    }
+                    unmapped.push((record.target.clone(), why.to_string()));
+                }
             }
         }
-        let poll = self.apply_nodes(
-            nodes,
-            unmapped,
-            answer.records.len() + answer.rejected_targets.len(),
-            answer.size,
-        );
+        let records = answer.records.len() + answer.rejected_targets.len();
+        // A registered instance whose address is missing this time cannot be named: its node
+        // may be among the members this answer seems to lack.
+        let partial = answer
+            .size
+            .and_then(|size| size.partial_reason(records))
+            .map(|reason| (reason, self.trimming_fix()))
+            .or_else(|| {
+                no_address.first().map(|first| {
+                    let family = self.config.family.label();
+                    (
+                        format!(
+                            "{} SRV targets have no {family} address in the answer or in DNS \
+                             (e.g. {first}), so their nodes cannot be named",
+                            no_address.len(),
+                        ),
+                        format!(
+                            "publish an {family} address for every SRV target (Consul leaves a \
+                             target out of the additional section when the address it was \
+                             registered with does not resolve)"
+                        ),
+                    )
+                })
+            });
+        let poll = self.apply_nodes(nodes, unmapped, records, partial);
         // Only members get cached: a flood of names over max_nodes must not fill the address
         // cache that every connection shares.
         let members: HashSet<String> = poll
@@ -238,16 +266,14 @@ impl Topology {
         }
     }
 
-    /// `size` is `None` for answers known to be whole: an authoritative "no such name", or
-    /// records from an injected resolver.
+    /// `partial`: why the answer may lack registered nodes, if it may, and the fix.
     fn apply_nodes(
         &self,
         nodes: Vec<String>,
         unmapped: Vec<(String, String)>,
         records: usize,
-        size: Option<AnswerSize>,
+        partial: Option<(String, String)>,
     ) -> Poll {
-        let partial = size.and_then(|size| size.partial_reason(records));
         let completeness = match partial {
             Some(_) => Completeness::MaybePartial,
             None => Completeness::Complete,
@@ -255,7 +281,21 @@ impl Topology {
         let change = self
             .membership()
             .observe_answer(nodes, completeness, Instant::now());
-        let partial_warning = self.partial_warning(partial, &change, records);
+        let suspicion = partial.or_else(|| {
+            change.rotating.then(|| {
+                (
+                    format!(
+                        "successive answers list different subsets of the members ({records} \
+                         records this time): the server answers with part of the service, e.g. \
+                         under a record-count cap (Route 53 multivalue answers hold 8)"
+                    ),
+                    "have the server return every instance (Consul does over TCP); a server \
+                     that caps answers at a record count cannot list a larger service"
+                        .to_string(),
+                )
+            })
+        });
+        let partial_warning = self.partial_warning(suspicion, &change, records);
         Poll {
             change,
             unmapped,
@@ -265,10 +305,26 @@ impl Topology {
         }
     }
 
-    /// Once per run of partial answers that lacked members: what was seen and the fix.
+    /// The fix for an answer trimmed to fit what its transport carries.
+    fn trimming_fix(&self) -> String {
+        match self.engine.dns().transport() {
+            Transport::Udp => {
+                "poll over TCP (dns_transport: :tcp, the default), or have the \
+                               server set the TC bit on trimmed answers (Consul: dns_config \
+                               { enable_truncate = true })"
+            }
+            Transport::Tcp => {
+                "the server caps TCP answers (Consul: 1024 records); keep the \
+                               service under that size"
+            }
+        }
+        .to_string()
+    }
+
+    /// Once per run of suspect answers that lacked members: what was seen and the fix.
     fn partial_warning(
         &self,
-        partial: Option<String>,
+        suspicion: Option<(String, String)>,
         change: &Change,
         records: usize,
     ) -> Option<String> {
@@ -276,31 +332,21 @@ impl Topology {
             .warned_partial
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Some(reason) = partial else {
+        let Some((reason, fix)) = suspicion else {
             *warned = false;
             return None;
         };
-        if *warned || change.kept_despite_partial == 0 {
+        if *warned || change.kept_missing == 0 {
             return None;
         }
         *warned = true;
-        let dns = self.engine.dns();
-        let fix = match dns.transport() {
-            Transport::Udp => {
-                "poll over TCP (dns_transport: :tcp, the default), or have the server set the TC \
-                 bit on trimmed answers (Consul: dns_config { enable_truncate = true })"
-            }
-            Transport::Tcp => {
-                "the server caps TCP answers (Consul: 1024 records); keep the service under that size"
-            }
-        };
         Some(format!(
             "the answer for {} from {} may be partial: {reason}. It lists {records} records and \
-             lacks {} known members, which stay members until a complete answer leaves them out; \
-             members cannot be removed while answers look like this. Fix: {fix}",
+             lacks {} known members, which stay members until answers show they left (two \
+             successive whole answers that agree); until then nobody is removed. Fix: {fix}",
             self.config.service,
-            dns.servers_text(),
-            change.kept_despite_partial,
+            self.engine.dns().servers_text(),
+            change.kept_missing,
         ))
     }
 
