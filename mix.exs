@@ -37,7 +37,7 @@ defmodule DynamicSrv.MixProject do
   # What a Hex tarball holds, and all it needs to build from scratch: the Elixir sources, the
   # Mix compiler, the Rust workspace (sources, manifests, lock file) and the docs. No priv/ and
   # no target/: the compiler builds the NIF into _build on the first compile.
-  # test/packaging_test.exs builds a release from exactly this list.
+  # test/integration/packaging_test.exs builds a release from exactly this list.
   defp package do
     [
       licenses: ["MIT"],

@@ -36,7 +36,7 @@ defmodule DynamicSrv.Integration.ReleaseTest do
   # The build goes to a temporary directory (MIX_BUILD_PATH, --path), and MIX_HOME is an
   # empty directory: no Hex, no archives, nothing written into the repository. cargo reuses
   # this test build's target directory (the same sources, so nothing to rebuild);
-  # test/packaging_test.exs covers a build from scratch.
+  # test/integration/packaging_test.exs covers a build from scratch.
   defp build_release!(tmp, rel) do
     mix = System.find_executable("mix") || flunk("mix not found")
 
