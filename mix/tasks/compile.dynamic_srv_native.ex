@@ -65,8 +65,16 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
     cargo = find_cargo!()
     {rustc, version} = check_rustc!(cargo, root, required_rust_version(root))
     target_dir = target_dir(root)
-    build!(cargo, root, target_dir, rustc, version)
-    install!(target_dir)
+    started = System.monotonic_time(:millisecond)
+    built? = build!(cargo, root, target_dir, rustc, version)
+    result = install!(target_dir)
+
+    if built? do
+      seconds = Float.round((System.monotonic_time(:millisecond) - started) / 1000, 1)
+      Mix.shell().info("Rust NIF built in #{seconds} s, installed as #{installed_path()}")
+    end
+
+    result
   end
 
   @impl true
@@ -222,9 +230,10 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
     args = ["build", "--release", "-p", @crate, "--target-dir", target_dir]
 
     header = """
-    Compiling the DynamicSrv Rust NIF: cargo build --release (rustc #{version}, #{rustc})
-      into #{Path.relative_to_cwd(target_dir)}; the first build compiles about a hundred \
-    crates and takes a minute or two, later builds only what changed.\
+    Compiling the DynamicSrv Rust NIF with cargo build --release (rustc #{version}, #{rustc})
+      into #{target_dir}
+      The first build compiles about a hundred crates and takes a minute or two; later builds \
+    only what changed.\
     """
 
     started = System.monotonic_time(:millisecond)
@@ -253,11 +262,8 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
         rustc #{version}.
         """)
 
-      shown? ->
-        Mix.shell().info("Rust NIF built in #{seconds} s")
-
       true ->
-        :ok
+        shown?
     end
   end
 

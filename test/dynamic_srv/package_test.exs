@@ -129,7 +129,7 @@ defmodule DynamicSrv.PackageTest do
       {output, status} = compile_nif(tmp, [{"RUSTC", rustc}, {"DYNAMIC_SRV_CARGO", cargo}])
       assert status != 0
       [before, _] = String.split(output, "cargo build of the DynamicSrv NIF failed", parts: 2)
-      assert before =~ "Compiling the DynamicSrv Rust NIF"
+      assert before =~ "Compiling the DynamicSrv Rust NIF with cargo build --release"
       assert before =~ "takes a minute or two"
       assert before =~ "error: could not compile dynamic_srv_nif"
       assert output =~ "(exit status 101"
