@@ -130,7 +130,7 @@ defmodule DynamicSrv.PackageTest do
       assert status != 0
       [before, _] = String.split(output, "cargo build of the DynamicSrv NIF failed", parts: 2)
       assert before =~ "Compiling the DynamicSrv Rust NIF with cargo build --release"
-      assert before =~ "takes a minute or two"
+      assert before =~ "The first build compiles about a hundred crates: a few minutes"
       assert before =~ "error: could not compile dynamic_srv_nif"
       assert output =~ "(exit status 101"
     end
