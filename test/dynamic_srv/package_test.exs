@@ -80,7 +80,14 @@ defmodule DynamicSrv.PackageTest do
   end
 
   describe "the NIF compiler stops with a message saying what to do" do
-    @describetag :tmp_dir
+    setup do
+      tmp =
+        Path.join(System.tmp_dir!(), "dynamic_srv_pkg_unit_#{System.unique_integer([:positive])}")
+
+      File.mkdir_p!(tmp)
+      on_exit(fn -> File.rm_rf(tmp) end)
+      %{tmp_dir: tmp}
+    end
 
     test "when DYNAMIC_SRV_CARGO is not an executable", %{tmp_dir: tmp} do
       for value <- ["/nope/cargo", Path.join(@root, "README.md"), "no-such-cargo-anywhere"] do
