@@ -97,12 +97,27 @@ defmodule DynamicSrv.PackageTest do
       end
     end
 
+    # PATH as it is, except that each directory holding a cargo is replaced by a copy made of
+    # links to everything else in it (a distribution's cargo can share /usr/bin with erl).
     test "when there is no cargo", %{tmp_dir: tmp} do
       path =
         System.get_env("PATH")
         |> String.split(":")
-        |> Enum.reject(&File.exists?(Path.join(&1, "cargo")))
-        |> Enum.join(":")
+        |> Enum.with_index()
+        |> Enum.map_join(":", fn {dir, i} ->
+          if File.exists?(Path.join(dir, "cargo")) do
+            copy = Path.join(tmp, "path#{i}")
+            File.mkdir_p!(copy)
+
+            for entry <- File.ls!(dir),
+                entry != "cargo",
+                do: File.ln_s!(Path.join(dir, entry), Path.join(copy, entry))
+
+            copy
+          else
+            dir
+          end
+        end)
 
       {output, status} = compile_nif(tmp, [{"PATH", path}, {"HOME", tmp}])
       assert status != 0
