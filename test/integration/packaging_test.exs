@@ -91,7 +91,7 @@ defmodule DynamicSrv.Integration.PackagingTest do
     release = Readme.block!("release") |> String.trim()
     assert release == "MIX_ENV=prod mix release"
     cargo_target = System.get_env("DYNAMIC_SRV_TEST_CARGO_TARGET_DIR")
-    env = [{"CARGO_TARGET_DIR", cargo_target} | mix_env(Path.dirname(app))]
+    env = mix_env(Path.dirname(app)) ++ [{"CARGO_TARGET_DIR", cargo_target}]
 
     started = System.monotonic_time(:millisecond)
     {output, status} = sh!(release, app, env)
@@ -117,6 +117,7 @@ defmodule DynamicSrv.Integration.PackagingTest do
 
     # Where the build went: the app's _build (or CARGO_TARGET_DIR), never the package's source.
     target = cargo_target || Path.join(app, "_build/prod/libcluster_dynamic_srv_cargo")
+    assert output =~ "\n  into #{target}\n"
     assert File.regular?(Path.join([target, "release", @nif]))
 
     unless cargo_target do
