@@ -10,13 +10,13 @@ defmodule DynamicSrv.Integration.ReleaseTest do
   @moduletag :release
   @moduletag timeout: 900_000
 
+  import DynamicSrv.Test.ReleaseCommands
   alias DynamicSrv.Test.{DnsServer, Fleet, Mesh, Ports}
 
   @example Path.expand("../../examples/release", __DIR__)
   @app "hello_cluster"
   @service "hello.test"
   @cookie "release_test_cookie"
-  @command_timeout 60_000
 
   setup_all do
     tmp =
@@ -34,14 +34,19 @@ defmodule DynamicSrv.Integration.ReleaseTest do
   end
 
   # The build goes to a temporary directory (MIX_BUILD_PATH, --path), and MIX_HOME is an
-  # empty directory: no Hex, no archives, nothing written into the repository.
+  # empty directory: no Hex, no archives, nothing written into the repository. cargo reuses
+  # this test build's target directory (the same sources, so nothing to rebuild);
+  # test/integration/packaging_test.exs covers a build from scratch.
   defp build_release!(tmp, rel) do
     mix = System.find_executable("mix") || flunk("mix not found")
 
     env = [
       {"MIX_ENV", "prod"},
       {"MIX_BUILD_PATH", Path.join([tmp, "build", "prod"])},
-      {"MIX_HOME", Path.join(tmp, "mix_home")}
+      {"MIX_HOME", Path.join(tmp, "mix_home")},
+      {"CARGO_TARGET_DIR",
+       System.get_env("CARGO_TARGET_DIR") ||
+         Path.join(Mix.Project.build_path(), "libcluster_dynamic_srv_cargo")}
     ]
 
     {output, status} =
@@ -58,7 +63,13 @@ defmodule DynamicSrv.Integration.ReleaseTest do
              "-epmd_module Elixir.DynamicSrv.Epmd"
 
     assert File.regular?(
-             Path.join([rel, "lib", "libcluster_dynamic_srv-0.1.0", "priv", "native"])
+             Path.join([
+               rel,
+               "lib",
+               "libcluster_dynamic_srv-#{Mix.Project.config()[:version]}",
+               "priv",
+               "native"
+             ])
              |> Path.join("libdynamic_srv_nif.so")
            )
   end
@@ -263,51 +274,6 @@ defmodule DynamicSrv.Integration.ReleaseTest do
 
   # --- the running nodes ------------------------------------------------------------------
 
-  defp start_node!(bin, env) do
-    port =
-      Port.open({:spawn_executable, bin}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        args: ["start"],
-        env: port_env(env)
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    node = %{port: port, os_pid: os_pid, bin: bin}
-    on_exit(fn -> kill_if_ours(os_pid, bin) end)
-    node
-  end
-
-  # `bin/app start` execs down to beam.smp, so the port's OS pid is the node's. Ended by that
-  # pid, and only while it still runs this release (a recycled pid is left alone).
-  defp kill_if_ours(os_pid, bin) do
-    root = bin |> Path.dirname() |> Path.dirname()
-
-    for signal <- ["-TERM", "-KILL"] do
-      case File.read("/proc/#{os_pid}/cmdline") do
-        {:ok, cmdline} ->
-          if String.contains?(cmdline, root) do
-            System.cmd("kill", [signal, Integer.to_string(os_pid)], stderr_to_stdout: true)
-            Mesh.eventually(fn -> not File.exists?("/proc/#{os_pid}/cmdline") end, 40, 50)
-          end
-
-        {:error, _} ->
-          :ok
-      end
-    end
-
-    :ok
-  end
-
-  defp assert_exit(%{port: port} = node, expected) do
-    receive do
-      {^port, {:exit_status, status}} -> assert status == expected
-    after
-      @command_timeout -> flunk("node #{node.os_pid} did not exit after bin/#{@app} stop")
-    end
-  end
-
   defp await_status!(bin, env) do
     result = fn -> try_rpc_term(bin, env, "HelloCluster.status()") end
 
@@ -324,130 +290,6 @@ defmodule DynamicSrv.Integration.ReleaseTest do
 
       assert Mesh.eventually(fn -> nodes.() == {:ok, Enum.sort(expected)} end, 120, 500),
              "expected #{inspect(expected)}, node sees #{inspect(nodes.())}"
-    end
-  end
-
-  # --- release commands -------------------------------------------------------------------
-
-  # `bin/app rpc` prints what the expression prints (the helper's group leader), so the value
-  # travels back as base64 of its external term format.
-  defp try_rpc_term(bin, env, expression) do
-    code = "IO.puts(\"TERM:\" <> Base.encode64(:erlang.term_to_binary(#{expression})))"
-
-    case run!(bin, ["rpc", code], env) do
-      {output, 0} ->
-        case Regex.run(~r/TERM:([A-Za-z0-9+\/=]+)/, output) do
-          [_, encoded] -> {:ok, :erlang.binary_to_term(Base.decode64!(encoded))}
-          nil -> {:error, output}
-        end
-
-      {output, status} ->
-        {:error, {status, output}}
-    end
-  end
-
-  defp rpc_term!(bin, env, expression) do
-    case try_rpc_term(bin, env, expression) do
-      {:ok, term} -> term
-      {:error, reason} -> flunk("bin/#{@app} rpc #{expression}: #{inspect(reason)}")
-    end
-  end
-
-  # Runs a command to completion; killed by its pid if it outlives the timeout.
-  defp run!(executable, args, env) do
-    port =
-      Port.open({:spawn_executable, executable}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        args: args,
-        env: port_env(env)
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    collect(port, os_pid, "", System.monotonic_time(:millisecond) + @command_timeout)
-  end
-
-  defp collect(port, os_pid, acc, deadline) do
-    remaining = max(deadline - System.monotonic_time(:millisecond), 0)
-
-    receive do
-      {^port, {:data, data}} -> collect(port, os_pid, acc <> data, deadline)
-      {^port, {:exit_status, status}} -> {acc, status}
-    after
-      remaining ->
-        System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
-        flunk("command timed out; output so far:\n#{acc}")
-    end
-  end
-
-  # `iex --remsh` needs a terminal (on a pipe IEx falls back to its limited shell and ignores
-  # --remsh; so does a terminal without cursor control, such as TERM=dumb), so the shell runs
-  # under script(1) with TERM=vt100. Types two expressions, then Ctrl-G q, which
-  # quits the helper node and leaves the running node alone.
-  defp remote_eval!(bin, env) do
-    script = System.find_executable("script") || flunk("script(1) not found (bsdutils)")
-
-    port =
-      Port.open({:spawn_executable, script}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        args: ["-qfec", "'#{bin}' remote", "/dev/null"],
-        env: port_env(Map.put(env, "TERM", "vt100"))
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-
-    on_exit(fn -> kill_if_ours(os_pid, bin) end)
-
-    deadline = System.monotonic_time(:millisecond) + @command_timeout
-
-    output = await_output(port, "", ~r/iex\(.*\)1> /, deadline)
-
-    # The echoed input shows the expressions, never their results ("55", the helper's name).
-    Port.command(
-      port,
-      "IO.puts(\"REMOTE \" <> Atom.to_string(node()) <> \" \" <> Integer.to_string(Enum.sum(1..10)))\r"
-    )
-
-    output = await_output(port, output, ~r/REMOTE \S+ \d+/, deadline)
-    Port.command(port, "IO.puts(\"HIDDEN \" <> inspect(Node.list(:hidden)))\r")
-    output = await_output(port, output, ~r/HIDDEN \[.*\]/, deadline)
-    Port.command(port, "\a")
-    output = await_output(port, output, ~r/-->/, deadline)
-    Port.command(port, "q\r")
-
-    receive do
-      {^port, {:exit_status, status}} ->
-        assert status == 0, output
-        output
-    after
-      @command_timeout -> flunk("bin/#{@app} remote did not quit:\n#{output}")
-    end
-  end
-
-  defp await_output(port, acc, pattern, deadline) do
-    if acc =~ pattern do
-      acc
-    else
-      remaining = max(deadline - System.monotonic_time(:millisecond), 0)
-
-      receive do
-        {^port, {:data, data}} ->
-          await_output(port, acc <> data, pattern, deadline)
-
-        {^port, {:exit_status, status}} ->
-          flunk("exited with #{status} before #{inspect(pattern)}:\n#{acc}")
-      after
-        remaining -> flunk("no #{inspect(pattern)} in:\n#{acc}")
-      end
-    end
-  end
-
-  defp port_env(env) do
-    for {var, value} <- env do
-      {String.to_charlist(var), if(value, do: String.to_charlist(value), else: false)}
     end
   end
 

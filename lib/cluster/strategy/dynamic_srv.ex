@@ -20,9 +20,13 @@ defmodule Cluster.Strategy.DynamicSrv do
   libcluster's `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`, so libcluster's
   logs and telemetry still happen, and through the topology's `connect`/`disconnect` MFAs.
 
+  libcluster starts a topology only under its supervisor: put
+  `{Cluster.Supervisor, [topologies, [name: MyApp.ClusterSupervisor]]}` among your
+  application's children, `topologies` being `Application.get_env(:libcluster, :topologies)`.
+
   This package does not declare libcluster as a dependency, optional or not: add
-  `{:libcluster, "~> 3.3"}` to your own deps. The strategy compiles and works without it
-  (`DynamicSrv.Cluster` is the libcluster-free child).
+  `{:libcluster, "~> 3.4"}` to your own deps (3.4 for its telemetry events). The strategy
+  compiles and works without it (`DynamicSrv.Cluster` is the libcluster-free child).
   """
 
   @doc false
