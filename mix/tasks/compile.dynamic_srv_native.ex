@@ -27,7 +27,7 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
   cargo's output goes to `_build/<MIX_ENV>/libcluster_dynamic_srv_cargo/` (under
   `MIX_BUILD_PATH` when set), never into the dependency's source tree. Set `CARGO_TARGET_DIR`
   to share one target directory between projects or environments (a relative path is taken
-  from the package's root, as cargo would). The first build compiles about a hundred crates,
+  from the directory `mix` was run in, never from this package's sources). The first build compiles about a hundred crates,
   a few minutes (about two on an idle 2-core machine; cargo's progress is shown); later ones
   rebuild only what changed, and a compile where nothing changed prints nothing.
 
@@ -64,7 +64,7 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
 
     cargo = find_cargo!()
     {rustc, version} = check_rustc!(cargo, root, required_rust_version(root))
-    target_dir = target_dir(root)
+    target_dir = target_dir()
     started = System.monotonic_time(:millisecond)
     built? = build!(cargo, root, target_dir, rustc, version)
     result = install!(target_dir)
@@ -216,13 +216,15 @@ defmodule Mix.Tasks.Compile.DynamicSrvNative do
 
   # --- build ----------------------------------------------------------------------------------
 
-  defp target_dir(root) do
+  defp target_dir do
     case System.get_env("CARGO_TARGET_DIR") do
       value when value in [nil, ""] ->
         Path.join(Mix.Project.build_path(), "libcluster_dynamic_srv_cargo")
 
+      # Mix compiles a dependency from inside its own directory; the user meant the one their
+      # shell was in ($PWD), so a relative path never lands in the dependency's sources.
       value ->
-        Path.expand(value, root)
+        Path.expand(value, System.get_env("PWD") || File.cwd!())
     end
   end
 

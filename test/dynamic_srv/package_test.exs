@@ -173,6 +173,30 @@ defmodule DynamicSrv.PackageTest do
       assert output =~ "the library it should have made is missing", output
       assert output =~ Path.join([target, "release", "libdynamic_srv_nif.so"])
     end
+
+    test "a relative CARGO_TARGET_DIR is taken from where mix was run, not the package's sources",
+         %{tmp_dir: tmp} do
+      rustc = script!(tmp, "rustc", ~s|echo "rustc 1.95.0 (59807616e 2026-04-14)"|)
+      cargo = script!(tmp, "cargo", ~s|echo "    Finished release" >&2|)
+
+      # mix run from tmp (the project named by MIX_EXS), as a user's app compiles this package.
+      {output, status} =
+        mix(
+          ["compile.dynamic_srv_native"],
+          [
+            {"MIX_BUILD_PATH", Path.join(tmp, "build")},
+            {"MIX_EXS", Path.join(@root, "mix.exs")},
+            {"RUSTC", rustc},
+            {"DYNAMIC_SRV_CARGO", cargo},
+            {"CARGO_TARGET_DIR", "reltarget"}
+          ],
+          tmp
+        )
+
+      assert status != 0
+      assert output =~ Path.join([tmp, "reltarget", "release", "libdynamic_srv_nif.so"]), output
+      refute File.exists?(Path.join(@root, "reltarget"))
+    end
   end
 
   defp script!(dir, name, body) do
@@ -187,14 +211,14 @@ defmodule DynamicSrv.PackageTest do
     mix(["compile.dynamic_srv_native"], [{"MIX_BUILD_PATH", Path.join(tmp, "build")} | env])
   end
 
-  defp mix(args, env) do
+  defp mix(args, env, cd \\ @root) do
     set = for {var, _} <- env, do: var
 
     cleared =
       for var <- ~w(DYNAMIC_SRV_CARGO RUSTC CARGO_TARGET_DIR), var not in set, do: {var, nil}
 
     System.cmd(System.find_executable("mix"), args,
-      cd: @root,
+      cd: cd,
       env: cleared ++ env,
       stderr_to_stdout: true
     )
