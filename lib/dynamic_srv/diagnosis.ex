@@ -215,6 +215,7 @@ defmodule DynamicSrv.Diagnosis do
       nameservers: state.options.nameservers,
       naming: state.options.node_naming,
       ip_family: state.options.ip_family,
+      dns_transport: state.options.dns_transport,
       members: Enum.map(state.members, &Atom.to_string/1)
     }
   catch
@@ -238,8 +239,10 @@ defmodule DynamicSrv.Diagnosis do
 
         %{
           service: cluster.service,
-          source: "polled by DynamicSrv.Cluster",
+          source:
+            "polled by DynamicSrv.Cluster over #{cluster.dns_transport |> to_string() |> String.upcase()}",
           members: cluster.members,
+          dns_transport: cluster.dns_transport,
           probe: probe(d, kind, cluster.service)
         }
       end
@@ -458,7 +461,11 @@ defmodule DynamicSrv.Diagnosis do
         check -> check_problems(check)
       end
 
-    service_problems = Enum.flat_map(report.services, &probe_problem(&1.probe))
+    service_problems =
+      report.services
+      |> Enum.reject(&udp_note?/1)
+      |> Enum.flat_map(&probe_problem(&1.probe))
+
     peer_problems = Enum.flat_map(report.peers, &check_problems/1)
     self_problems ++ service_problems ++ peer_problems
   end
@@ -466,6 +473,11 @@ defmodule DynamicSrv.Diagnosis do
   defp check_problems(check) do
     Enum.flat_map(check.probes, &probe_problem/1) ++ check.problems
   end
+
+  # A service whose server trims only UDP answers troubles a poll over UDP alone; a poll over
+  # TCP (the default, and what `--service` assumes) gets a note in the service's block.
+  defp udp_note?(%{probe: probe} = service),
+    do: Map.get(probe, :udp_only, false) and Map.get(service, :dns_transport, :tcp) != :udp
 
   # An answer that arrived can still be wrong: a service's SRV answer trimmed over UDP.
   defp probe_problem(%{failure: nil} = probe), do: List.wrap(Map.get(probe, :problem))
@@ -617,7 +629,12 @@ defmodule DynamicSrv.Diagnosis do
           list -> ", #{length(list)} current #{plural(length(list), "member")}"
         end
 
-      ["Service #{s.service} (#{s.source}#{members}):", format_probe(s.probe, "  "), ""]
+      note =
+        if udp_note?(s),
+          do: ["  note: #{s.probe.problem.what}", "    #{s.probe.problem.fix}"],
+          else: []
+
+      ["Service #{s.service} (#{s.source}#{members}):", format_probe(s.probe, "  "), note, ""]
     end
   end
 

@@ -245,15 +245,24 @@ defmodule DynamicSrv.Integration.ConsulTest do
     deregistration_phase(context)
   end
 
-  # DynamicSrv.diagnose() (and so `mix dynamic_srv.doctor`) on a node names the trimming.
-  defp diagnosis_phase(%{peers: [peer | _], consul: consul}) do
-    report = Peer.call(peer, DynamicSrv.Diagnosis, :run, [[services: ["my-app.service.consul"]]])
-    trimmed = Enum.filter(report.problems, &(&1.what =~ "trims UDP answers"))
+  # DynamicSrv.diagnose() (and so `mix dynamic_srv.doctor`) on a node names the trimming: a
+  # note for a service polled over TCP (the default, and what `--service` assumes), a problem
+  # for one polled over UDP.
+  defp diagnosis_phase(%{peers: [peer | _], consul: consul, config: config}) do
+    trimmed = fn text -> text =~ "trims UDP answers" end
+    asked = Peer.call(peer, DynamicSrv.Diagnosis, :run, [[services: ["my-app.service.consul"]]])
+    refute Enum.any?(asked.problems, &trimmed.(&1.what)), inspect(asked.problems)
+    text = Enum.join(DynamicSrv.Diagnosis.format(asked), "\n")
+    assert text =~ "note: SRV my-app.service.consul: #{ConsulDns.nameserver(consul)} trims UDP"
+    assert text =~ "without setting the TC bit: 19 records over UDP, 24 over TCP"
+    assert text =~ "enable_truncate = true"
 
-    assert [%{what: what, fix: fix}] = trimmed, inspect(report.problems)
-    assert what =~ ConsulDns.nameserver(consul)
+    opts = Keyword.merge(config, dns_transport: :udp, polling_interval: 60_000)
+    assert {:ok, _} = Peer.call(peer, NodeAgent, :start_cluster, [opts])
+    polled = Peer.call(peer, DynamicSrv.Diagnosis, :run, [[]])
+    :ok = Peer.call(peer, NodeAgent, :stop_cluster, [])
+    assert [%{what: what, fix: fix}] = Enum.filter(polled.problems, &trimmed.(&1.what))
     assert what =~ "without setting the TC bit: 19 records over UDP, 24 over TCP"
     assert fix =~ "enable_truncate = true"
-    assert Enum.join(DynamicSrv.Diagnosis.format(report), "\n") =~ "trims UDP answers"
   end
 end

@@ -173,14 +173,15 @@ defmodule DynamicSrv.Integration.PackagingTest do
     port_of = Map.new(Enum.zip(readme_ports, ports))
 
     assert readme_flags -- ~w(--no-daemon --port=8600 --listen-address=127.0.0.1 --bind-interfaces
-                               --no-resolv --no-hosts) == []
+                               --no-resolv --no-hosts --local=/consul/) == []
 
     dns =
       DnsServer.start!(
         Enum.map(records, fn
           {:srv, name, target, port} -> {:srv, name, target, Map.fetch!(port_of, port)}
           a -> a
-        end)
+        end),
+        extra: Enum.filter(readme_flags, &String.starts_with?(&1, "--local="))
       )
 
     on_exit(fn -> DnsServer.stop_and_clean(dns) end)
@@ -306,7 +307,7 @@ defmodule DynamicSrv.Integration.PackagingTest do
       |> String.replace("\\\n", " ")
       |> String.split()
 
-    assert ["dnsmasq" | flags] = args
+    assert ["/usr/sbin/dnsmasq" | flags] = args
 
     {records, other} =
       Enum.reduce(flags, {[], []}, fn flag, {records, other} ->

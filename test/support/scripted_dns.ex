@@ -9,6 +9,9 @@ defmodule DynamicSrv.Test.ScriptedDns do
   #   * `:truncate_tcp_refused` — UDP answers carry TC=1 and no records, and TCP is refused:
   #     the listener and every open TCP connection are closed;
   #   * `:blackhole` — reads every query (UDP and TCP) and never answers;
+  #   * `{:rotate, groups, n}` — like `{:answer, ...}` with a random `n` of `groups` (lists of
+  #     records, e.g. an SRV record and its target's A record) per query, as a server under a
+  #     record-count cap answers (Route 53 multivalue answers: 8);
   #   * `{:answer, records}` — answers queries for the names `records` own with exactly those
   #     records (see `DynamicSrv.Test.ScriptedDns.Wire`: raw labels, any bytes, any length),
   #     the A/AAAA records of the SRV targets in the additional section; TC=1 over UDP when
@@ -28,6 +31,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
           | :truncate_tcp_refused
           | :blackhole
           | {:answer, [Wire.wire_record()]}
+          | {:rotate, [[Wire.wire_record()]], pos_integer()}
 
   @upstream_timeout 5_000
 
@@ -74,6 +78,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
   @spec mode_name(mode()) :: atom()
   def mode_name({:rcode, rcode}), do: rcode
   def mode_name({:answer, _}), do: :answer
+  def mode_name({:rotate, _, _}), do: :rotate
   def mode_name(mode) when is_atom(mode), do: mode
 
   # --- server ------------------------------------------------------------------------------
@@ -211,6 +216,11 @@ defmodule DynamicSrv.Test.ScriptedDns do
     do: {:reply, Wire.truncated(query)}
 
   defp action(:blackhole, _query, _transport, _upstream), do: :drop
+
+  defp action({:rotate, groups, n}, query, transport, upstream) do
+    records = groups |> Enum.take_random(n) |> List.flatten()
+    action({:answer, records}, query, transport, upstream)
+  end
 
   defp action({:answer, records}, query, transport, upstream) do
     case crafted_answer(records, query) do

@@ -33,6 +33,9 @@ pub struct Probe {
     pub outcome: Result<Vec<String>, Failure>,
     /// Something wrong with an answer that did arrive (a trimmed one).
     pub problem: Option<Problem>,
+    /// Set (instead of `problem`) when only a UDP poll suffers: the server trims UDP answers
+    /// but answers TCP in full, which is how the membership poll asks by default.
+    pub udp_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +125,7 @@ impl Diagnoser {
             elapsed,
             outcome,
             problem: None,
+            udp_only: false,
         };
         (probe, result.ok())
     }
@@ -189,6 +193,7 @@ impl Diagnoser {
                 } else if let Some(subset) = self.rotating_subset(name, &tcp).await {
                     Some(subset)
                 } else if tcp_records > udp_records {
+                    probe.udp_only = true;
                     let tc = udp.size.is_some_and(|size| size.truncated);
                     Some(Problem {
                         what: format!(
@@ -200,9 +205,9 @@ impl Diagnoser {
                                 " without setting the TC bit"
                             }
                         ),
-                        fix: "poll over TCP (dns_transport: :tcp, the default); on Consul also \
-                              set dns_config { enable_truncate = true } so every resolver \
-                              retries trimmed answers over TCP"
+                        fix: "a poll over TCP (dns_transport: :tcp, the default) is not \
+                              affected; on Consul also set dns_config { enable_truncate = true } \
+                              so every resolver retries trimmed answers over TCP"
                             .to_string(),
                     })
                 } else {
@@ -243,6 +248,7 @@ impl Diagnoser {
             elapsed,
             outcome,
             problem: None,
+            udp_only: false,
         };
         (probe, first)
     }

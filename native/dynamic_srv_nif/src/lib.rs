@@ -531,6 +531,7 @@ struct ProbeView {
     answers: Vec<String>,
     failure: Option<FailureView>,
     problem: Option<ProblemView>,
+    udp_only: bool,
 }
 
 impl From<Probe> for ProbeView {
@@ -556,6 +557,7 @@ impl From<Probe> for ProbeView {
                 what: p.what,
                 fix: p.fix,
             }),
+            udp_only: probe.udp_only,
         }
     }
 }
