@@ -139,7 +139,7 @@ defmodule DynamicSrv.Integration.ReleaseTest do
           "port mode: srv; distribution port: #{a.port} (listening)",
           "nameservers: #{DnsServer.nameserver(dns)}",
           "=> connects to #{a.ip}:#{a.port}",
-          "Service #{@service} (polled by DynamicSrv.Cluster, 2 current members):",
+          "Service #{@service} (polled by DynamicSrv.Cluster over TCP, 2 current members):",
           "#{b.node} [connected, member in DNS]",
           "=> connects to #{b.ip}:#{b.port}",
           "No problems found."
