@@ -184,8 +184,14 @@ defmodule DynamicSrv.Test.ConsulDnsTest do
       refute tc?(msg)
       assert length(answers(msg)) == 24
 
-      # Given TC, OTP's resolver asks again over TCP and gets every instance.
-      assert length(answers(resolve(server, @name, :srv))) == 24
+      # Given TC, OTP 25's resolver asks again over TCP and gets every instance; OTP 27's
+      # refuses the truncated answer outright (formerr) and asks nothing more.
+      opts = [nameservers: [{{127, 0, 0, 1}, server.port}], retry: 1, timeout: 5_000]
+
+      case :inet_res.resolve(@name, :in, :srv, opts) do
+        {:ok, msg} -> assert length(answers(msg)) == 24
+        {:error, :formerr} -> assert String.to_integer(System.otp_release()) >= 27
+      end
     end
 
     test "a trimmed answer is counted in stats and log", %{server: server} do
