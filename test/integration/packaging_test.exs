@@ -247,9 +247,14 @@ defmodule DynamicSrv.Integration.PackagingTest do
         for c <- connected, do: MapSet.new([n.name, c])
       end
 
-    # Every connection of the mesh went through libcluster's Cluster.Strategy.connect_nodes/4.
+    # The mesh was made through libcluster's Cluster.Strategy.connect_nodes/4: nothing else
+    # dials at first. Once two nodes are connected, `global` (connect_all, on in a release)
+    # may link the third before its strategy polls (seen on OTP 29), so not every pair need
+    # have gone through it.
     all_pairs = for a <- names, b <- names, a < b, do: MapSet.new([a, b])
-    assert MapSet.new(List.flatten(pairs)) == MapSet.new(all_pairs)
+    through_strategy = MapSet.new(List.flatten(pairs))
+    assert MapSet.size(through_strategy) > 0
+    assert MapSet.subset?(through_strategy, MapSet.new(all_pairs))
 
     # --- remote: an IEx shell on the first node ---
     remote_output = remote_eval!(bin, first.env)
