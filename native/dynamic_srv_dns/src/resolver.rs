@@ -38,15 +38,6 @@ pub enum Transport {
     Tcp,
 }
 
-impl Transport {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Udp => "UDP",
-            Self::Tcp => "TCP",
-        }
-    }
-}
-
 /// The EDNS0 payload size hickory advertises on UDP queries (its `DEFAULT_MAX_PAYLOAD_LEN`).
 pub const EDNS_PAYLOAD: usize = 1232;
 /// The size a UDP answer may have when the server does not do EDNS0 (RFC 1035).
@@ -345,9 +336,7 @@ impl Dns {
         }
         Ok((addresses, AnswerSize::of(lookup.message(), self.transport)))
     }
-}
 
-impl Dns {
     async fn lookup(&self, name: &str, record_type: RecordType) -> Result<Lookup, NetError> {
         match self.transport {
             Transport::Udp => self.resolver.lookup(query_form(name), record_type).await,

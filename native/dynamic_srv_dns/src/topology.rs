@@ -14,7 +14,7 @@ use crate::error::LookupError;
 use crate::membership::{Change, Completeness, Membership};
 use crate::naming::{validate_dns_name, NodeName};
 use crate::node_naming::{NodeNaming, Unmapped};
-use crate::resolver::{SrvAnswer, SrvRecord, Transport};
+use crate::resolver::{AnswerSize, SrvAnswer, SrvRecord, Transport};
 
 pub const DEFAULT_MAX_NODES: usize = 1024;
 
@@ -106,9 +106,7 @@ impl Topology {
                         .iter()
                         .filter_map(|(ip, _)| self.config.naming.node_for_ip(*ip))
                         .collect();
-                    let partial = size
-                        .partial_reason(addresses.len())
-                        .map(|reason| (reason, self.trimming_fix()));
+                    let partial = self.trimmed(Some(size), addresses.len());
                     self.apply_nodes(nodes, Vec::new(), addresses.len(), partial)
                 }
                 Err(error) if error.is_authoritative_absence() => {
@@ -210,27 +208,23 @@ impl Topology {
         let records = answer.records.len() + answer.rejected_targets.len();
         // A registered instance whose address is missing this time cannot be named: its node
         // may be among the members this answer seems to lack.
-        let partial = answer
-            .size
-            .and_then(|size| size.partial_reason(records))
-            .map(|reason| (reason, self.trimming_fix()))
-            .or_else(|| {
-                no_address.first().map(|first| {
-                    let family = self.config.family.label();
-                    (
-                        format!(
-                            "{} SRV targets have no {family} address in the answer or in DNS \
-                             (e.g. {first}), so their nodes cannot be named",
-                            no_address.len(),
-                        ),
-                        format!(
-                            "publish an {family} address for every SRV target (Consul leaves a \
-                             target out of the additional section when the address it was \
-                             registered with does not resolve)"
-                        ),
-                    )
-                })
-            });
+        let partial = self.trimmed(answer.size, records).or_else(|| {
+            no_address.first().map(|first| {
+                let family = self.config.family.label();
+                (
+                    format!(
+                        "{} SRV targets have no {family} address in the answer or in DNS \
+                         (e.g. {first}), so their nodes cannot be named",
+                        no_address.len(),
+                    ),
+                    format!(
+                        "publish an {family} address for every SRV target (Consul leaves a \
+                         target out of the additional section when the address it was \
+                         registered with does not resolve)"
+                    ),
+                )
+            })
+        });
         let poll = self.apply_nodes(nodes, unmapped, records, partial);
         // Only members get cached: a flood of names over max_nodes must not fill the address
         // cache that every connection shares.
@@ -305,20 +299,21 @@ impl Topology {
         }
     }
 
-    /// The fix for an answer trimmed to fit what its transport carries.
-    fn trimming_fix(&self) -> String {
-        match self.engine.dns().transport() {
+    /// Why an answer of `records` records may have been trimmed by its server, and the fix
+    /// for the transport the poll uses; `None` for an answer known to be whole.
+    fn trimmed(&self, size: Option<AnswerSize>, records: usize) -> Option<(String, String)> {
+        let reason = size?.partial_reason(records)?;
+        let fix = match self.engine.dns().transport() {
             Transport::Udp => {
-                "poll over TCP (dns_transport: :tcp, the default), or have the \
-                               server set the TC bit on trimmed answers (Consul: dns_config \
-                               { enable_truncate = true })"
+                "poll over TCP (dns_transport: :tcp, the default), or have the server set the \
+                 TC bit on trimmed answers (Consul: dns_config { enable_truncate = true })"
             }
             Transport::Tcp => {
-                "the server caps TCP answers (Consul: 1024 records); keep the \
-                               service under that size"
+                "the server caps TCP answers (Consul: 1024 records); keep the service under \
+                 that size"
             }
-        }
-        .to_string()
+        };
+        Some((reason, fix.to_string()))
     }
 
     /// Once per run of suspect answers that lacked members: what was seen and the fix.
