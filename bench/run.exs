@@ -13,6 +13,7 @@
 Code.require_file("support/load.exs", __DIR__)
 
 alias DynamicSrv.Bench.{
+  Cache,
   ClusterResults,
   ClusterRun,
   Concurrency,
@@ -116,6 +117,16 @@ consul =
     },
     else: consul
 
+cache =
+  if want?.(:cache) do
+    case step.("9. a full address cache", fn ->
+           Cache.run(if quick, do: [phase_ms: 1_000], else: [])
+         end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:cache, "9. A full address cache", why)
+    end
+  end
+
 idle =
   if want?.(:footprint) do
     case step.("5. footprint, idle nodes", fn -> Footprint.run() end) do
@@ -215,7 +226,7 @@ safety =
 
 sections =
   Enum.reject(
-    latency ++ [dns_load, convergence, large, footprint, safety, concurrency, consul],
+    latency ++ [dns_load, convergence, large, footprint, safety, concurrency, consul, cache],
     &is_nil/1
   )
 

@@ -15,9 +15,13 @@ defmodule DynamicSrv.Test.ScriptedDns do
   #   * `{:answer, records}` — answers queries for the names `records` own with exactly those
   #     records (see `DynamicSrv.Test.ScriptedDns.Wire`: raw labels, any bytes, any length),
   #     the A/AAAA records of the SRV targets in the additional section; TC=1 over UDP when
-  #     the answer is bigger than the client's EDNS size. Other names are forwarded.
+  #     the answer is bigger than the client's EDNS size. Other names are forwarded;
+  #   * `{:forge, fun}` — a lying server: `fun.(name, type)` (lowercase dotted name, type atom)
+  #     returns `{answers, additional}` or `{answers, additional, Wire.response/4 options}`,
+  #     sent as they are whatever names the records own, or `nil` to forward.
   #
-  # Counts queries per mode and transport, and keeps a log of them.
+  # Counts queries per mode and transport, keeps a log of them, and the most TCP connections
+  # that were open at once (`peak_connections/1`).
 
   use GenServer
 
@@ -32,6 +36,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
           | :blackhole
           | {:answer, [Wire.wire_record()]}
           | {:rotate, [[Wire.wire_record()]], pos_integer()}
+          | {:forge, (String.t(), atom() -> nil | tuple())}
 
   @upstream_timeout 5_000
 
@@ -62,6 +67,10 @@ defmodule DynamicSrv.Test.ScriptedDns do
   @spec log(%__MODULE__{}) :: [{atom(), :udp | :tcp, String.t(), atom()}]
   def log(%__MODULE__{pid: pid}), do: GenServer.call(pid, :log)
 
+  @doc "The most TCP connections that were open at the same time."
+  @spec peak_connections(%__MODULE__{}) :: non_neg_integer()
+  def peak_connections(%__MODULE__{pid: pid}), do: GenServer.call(pid, :peak_connections)
+
   @doc "The server as a `DYNAMIC_SRV_NAMESERVERS` entry."
   @spec nameserver(%__MODULE__{}) :: String.t()
   def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
@@ -79,6 +88,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
   def mode_name({:rcode, rcode}), do: rcode
   def mode_name({:answer, _}), do: :answer
   def mode_name({:rotate, _, _}), do: :rotate
+  def mode_name({:forge, _}), do: :forge
   def mode_name(mode) when is_atom(mode), do: mode
 
   # --- server ------------------------------------------------------------------------------
@@ -97,6 +107,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
       listener: nil,
       acceptor: nil,
       connections: MapSet.new(),
+      peak_connections: 0,
       upstream: upstream,
       mode: mode,
       counts: %{},
@@ -110,6 +121,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
   def handle_call(:counts, _from, state), do: {:reply, state.counts, state}
   def handle_call(:log, _from, state), do: {:reply, Enum.reverse(state.log), state}
+  def handle_call(:peak_connections, _from, state), do: {:reply, state.peak_connections, state}
 
   def handle_call({:set_mode, mode}, _from, state),
     do: {:reply, :ok, %{apply_mode(state, mode) | mode: mode}}
@@ -138,8 +150,13 @@ defmodule DynamicSrv.Test.ScriptedDns do
     {:noreply, state}
   end
 
-  def handle_info({:accepted, pid}, state),
-    do: {:noreply, %{state | connections: MapSet.put(state.connections, pid)}}
+  def handle_info({:accepted, pid}, state) do
+    # Linked here too, so its end (an EXIT, :noproc if it already ended) leaves the count.
+    Process.link(pid)
+    connections = MapSet.put(state.connections, pid)
+    peak = max(state.peak_connections, MapSet.size(connections))
+    {:noreply, %{state | connections: connections, peak_connections: peak}}
+  end
 
   def handle_info({:EXIT, pid, _reason}, state),
     do: {:noreply, %{state | connections: MapSet.delete(state.connections, pid)}}
@@ -220,6 +237,16 @@ defmodule DynamicSrv.Test.ScriptedDns do
   defp action({:rotate, groups, n}, query, transport, upstream) do
     records = groups |> Enum.take_random(n) |> List.flatten()
     action({:answer, records}, query, transport, upstream)
+  end
+
+  defp action({:forge, fun}, query, transport, upstream) do
+    name = query.labels |> normalize() |> Enum.join(".")
+
+    case fun.(name, Wire.type_name(query.qtype)) do
+      nil -> action(:forward, query, transport, upstream)
+      {answers, additional} -> {:reply, Wire.response(query, answers, additional)}
+      {answers, additional, opts} -> {:reply, Wire.response(query, answers, additional, opts)}
+    end
   end
 
   defp action({:answer, records}, query, transport, upstream) do

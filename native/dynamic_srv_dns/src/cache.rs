@@ -7,10 +7,10 @@
 //! recent the stale entry is answered at once instead of waiting on a DNS server that is
 //! known to be down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// How many entries the cache holds before it drops the ones past their stale window.
@@ -26,7 +26,7 @@ pub fn hold(ttl_s: u32, min_ttl: Duration) -> Duration {
     Duration::from_secs(ttl_s.into()).min(MAX_TTL).max(min_ttl)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     Inet,
     Inet6,
@@ -55,6 +55,14 @@ impl Family {
     }
 }
 
+/// Who wrote an entry: the epmd module's own lookup of that node, or a topology's poll,
+/// which may only name nodes it derives from its own answers (see `Cache::offer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Lookup,
+    Topology(u64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub endpoint: SocketAddr,
@@ -64,6 +72,7 @@ pub struct Entry {
     pub failed_at: Option<Instant>,
     /// When a background refresh was started, so an outage starts one, not one per call.
     pub refresh_started: Option<Instant>,
+    pub source: Source,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +119,54 @@ pub struct Snapshot {
     pub dns_failed_ago: Option<Duration>,
 }
 
+/// The most entries a snapshot returns, whatever limit it is asked for: the copy is made
+/// under the lock every cache hit takes.
+pub const MAX_SNAPSHOT: usize = 1_000;
+
+type Key = (String, Family);
+
+/// The entries, ordered by name (a snapshot reads the first few, `port_please` a name's
+/// range), and by the end of their stale window, so a full cache finds the dead ones
+/// without scanning.
+#[derive(Debug, Default)]
+struct Entries {
+    by_key: BTreeMap<Key, Entry>,
+    by_stale_until: BTreeSet<(Instant, Key)>,
+}
+
+impl Entries {
+    fn put(&mut self, key: Key, entry: Entry) {
+        let index = (entry.stale_until, key.clone());
+        if let Some(old) = self.by_key.insert(key.clone(), entry) {
+            self.by_stale_until.remove(&(old.stale_until, key));
+        }
+        self.by_stale_until.insert(index);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.by_stale_until.remove(&(old.stale_until, key.clone()));
+        }
+    }
+
+    /// Drops entries past their stale window, soonest first, until one is alive or there
+    /// is room for one more; O(log n) per entry dropped.
+    fn drop_dead(&mut self, now: Instant, capacity: usize) {
+        while self.by_key.len() >= capacity {
+            match self.by_stale_until.first() {
+                Some((stale_until, _)) if *stale_until <= now => {
+                    let (_, key) = self.by_stale_until.pop_first().expect("first exists");
+                    self.by_key.remove(&key);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cache {
-    entries: Mutex<HashMap<(String, Family), Entry>>,
+    entries: RwLock<Entries>,
     /// When any lookup last failed, as nanoseconds after `epoch`; 0 once DNS answers again.
     /// Atomic, so a cache hit takes one lock, not two.
     dns_failed_at: AtomicU64,
@@ -131,7 +185,7 @@ impl Default for Cache {
 impl Cache {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             dns_failed_at: AtomicU64::new(0),
             epoch: Instant::now(),
             capacity,
@@ -144,8 +198,8 @@ impl Cache {
             0 => None,
             nanos => Some(self.epoch + Duration::from_nanos(nanos)),
         };
-        let entries = self.lock();
-        let Some(entry) = entries.get(&(key.to_string(), family)) else {
+        let entries = self.read();
+        let Some(entry) = entries.by_key.get(&(key.to_string(), family)) else {
             return Cached::Miss;
         };
         if now < entry.fresh_until {
@@ -162,7 +216,8 @@ impl Cache {
         }
     }
 
-    /// Stores a fresh answer, `hold` being `max(ttl, min_ttl)`.
+    /// Stores the answer of the epmd module's own lookup of this node, `hold` being
+    /// `max(ttl, min_ttl)`. It was asked for this name, so it replaces whatever was there.
     pub fn insert(
         &self,
         key: &str,
@@ -172,26 +227,71 @@ impl Cache {
         max_stale: Duration,
         now: Instant,
     ) {
-        let mut entries = self.lock();
-        let map_key = (key.to_string(), family);
-        // A full cache still refreshes the entries it holds: only new names are turned away.
-        if entries.len() >= self.capacity && !entries.contains_key(&map_key) {
-            entries.retain(|_, entry| now < entry.stale_until);
-            if entries.len() >= self.capacity {
-                if !self.full_warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        capacity = self.capacity,
-                        "address cache full: answers for new names are not cached until entries expire"
-                    );
+        self.write(key, family, endpoint, Source::Lookup, hold, max_stale, now);
+    }
+
+    /// Stores an address a topology derived for a node it lists. It never replaces an
+    /// entry another source wrote for a different endpoint while that entry may still be
+    /// served: an answer for one service must not redirect connections to a node that was
+    /// resolved on its own, or that another topology lists. Returns true if it was stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(
+        &self,
+        topology: u64,
+        key: &str,
+        family: Family,
+        endpoint: SocketAddr,
+        hold: Duration,
+        max_stale: Duration,
+        now: Instant,
+    ) -> bool {
+        let source = Source::Topology(topology);
+        self.write(key, family, endpoint, source, hold, max_stale, now)
+    }
+
+    /// The node left `topology`: what that topology wrote about it is no longer fresh (it
+    /// stays a fallback while DNS fails, as any expired entry does).
+    pub fn expire(&self, topology: u64, key: &str, now: Instant) {
+        let mut entries = self.write_lock();
+        for family in [Family::Inet, Family::Inet6] {
+            if let Some(entry) = entries.by_key.get_mut(&(key.to_string(), family)) {
+                if entry.source == Source::Topology(topology) {
+                    entry.fresh_until = entry.fresh_until.min(now);
                 }
-                return;
             }
         }
-        if entries.len() < self.capacity {
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        key: &str,
+        family: Family,
+        endpoint: SocketAddr,
+        source: Source,
+        hold: Duration,
+        max_stale: Duration,
+        now: Instant,
+    ) -> bool {
+        let map_key = (key.to_string(), family);
+        // Decided under the shared lock first: an answer that is turned away (a name another
+        // source holds, a full cache) must not make cache hits wait on the exclusive one.
+        if self.turned_away(&self.read(), &map_key, endpoint, source, now) {
+            return false;
+        }
+        let mut entries = self.write_lock();
+        if self.turned_away(&entries, &map_key, endpoint, source, now) {
+            return false;
+        }
+        // A full cache still refreshes the entries it holds: only new names are turned away.
+        if !entries.by_key.contains_key(&map_key) {
+            entries.drop_dead(now, self.capacity);
+        }
+        if entries.by_key.len() < self.capacity {
             self.full_warned.store(false, Ordering::Relaxed);
         }
         let fresh_until = now + hold;
-        entries.insert(
+        entries.put(
             map_key,
             Entry {
                 endpoint,
@@ -199,14 +299,47 @@ impl Cache {
                 stale_until: fresh_until + max_stale,
                 failed_at: None,
                 refresh_started: None,
+                source,
             },
         );
+        true
+    }
+
+    /// True if this answer must not be stored: a topology's answer would redirect a node
+    /// another source wrote, or the cache is full, the name new, and no entry dead.
+    fn turned_away(
+        &self,
+        entries: &Entries,
+        key: &Key,
+        endpoint: SocketAddr,
+        source: Source,
+        now: Instant,
+    ) -> bool {
+        let held = entries.by_key.get(key);
+        if let (Source::Topology(_), Some(held)) = (source, held) {
+            if held.source != source && held.endpoint != endpoint && now < held.stale_until {
+                return true;
+            }
+        }
+        let full = held.is_none()
+            && entries.by_key.len() >= self.capacity
+            && entries
+                .by_stale_until
+                .first()
+                .is_none_or(|(stale_until, _)| *stale_until > now);
+        if full && !self.full_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                capacity = self.capacity,
+                "address cache full: answers for new names are not cached until entries expire"
+            );
+        }
+        full
     }
 
     /// Records a failed refresh and returns the stale endpoint to fall back on, if any.
     pub fn fail(&self, key: &str, family: Family, now: Instant) -> Option<SocketAddr> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&(key.to_string(), family))?;
+        let mut entries = self.write_lock();
+        let entry = entries.by_key.get_mut(&(key.to_string(), family))?;
         if now >= entry.stale_until {
             return None;
         }
@@ -230,8 +363,8 @@ impl Cache {
     /// True if the caller should start a background refresh of this entry: none started
     /// within `window` (a refresh that died is retried after it).
     pub fn claim_refresh(&self, key: &str, family: Family, window: Duration, now: Instant) -> bool {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&(key.to_string(), family)) else {
+        let mut entries = self.write_lock();
+        let Some(entry) = entries.by_key.get_mut(&(key.to_string(), family)) else {
             return false;
         };
         if entry
@@ -246,29 +379,37 @@ impl Cache {
 
     /// Forgets a name DNS says no longer exists.
     pub fn remove(&self, key: &str, family: Family) {
-        self.lock().remove(&(key.to_string(), family));
+        self.write_lock().remove(&(key.to_string(), family));
     }
 
     /// Any endpoint known for this node name part and address, fresh or stale; used by
     /// `port_please`, which OTP gives only the name part and the IP.
     pub fn port_for(&self, name: &str, ip: IpAddr) -> Option<u16> {
         let prefix = format!("{}@", name.to_ascii_lowercase());
-        self.lock()
-            .iter()
-            .find(|((key, _), entry)| key.starts_with(&prefix) && entry.endpoint.ip() == ip)
-            .map(|(_, entry)| entry.endpoint.port())
+        let entries = self.read();
+        let found = entries
+            .by_key
+            .range((prefix.clone(), Family::Inet)..)
+            .take_while(|((key, _), _)| key.starts_with(&prefix))
+            .find(|(_, entry)| entry.endpoint.ip() == ip)
+            .map(|(_, entry)| entry.endpoint.port());
+        found
     }
 
-    /// Up to `limit` entries, sorted by name, as the diagnosis shows them, and how long ago
-    /// DNS last failed while that failure still counts as an outage.
+    /// Up to `limit` (at most `MAX_SNAPSHOT`) entries, sorted by name, as the diagnosis
+    /// shows them, and how long ago DNS last failed while that failure still counts as an
+    /// outage. Reads only the entries it returns, so a full cache answers as fast as an
+    /// empty one and cache hits wait microseconds, not a copy of every entry.
     pub fn snapshot(&self, limit: usize, now: Instant) -> Snapshot {
         let dns_failed_ago = match self.dns_failed_at.load(Ordering::Relaxed) {
             0 => None,
             nanos => Some(now.saturating_duration_since(self.epoch + Duration::from_nanos(nanos))),
         };
-        let entries = self.lock();
-        let mut views: Vec<EntryView> = entries
+        let entries = self.read();
+        let views = entries
+            .by_key
             .iter()
+            .take(limit.min(MAX_SNAPSHOT))
             .map(|((key, family), entry)| EntryView {
                 node: key.clone(),
                 family: *family,
@@ -282,32 +423,34 @@ impl Cache {
                 failed_ago: entry.failed_at.map(|at| now.saturating_duration_since(at)),
             })
             .collect();
-        let total = views.len();
-        views.sort_by(|a, b| (&a.node, a.family.label()).cmp(&(&b.node, b.family.label())));
-        views.truncate(limit);
         Snapshot {
             entries: views,
-            total,
+            total: entries.by_key.len(),
             dns_failed_ago,
         }
     }
 
     pub fn entry(&self, key: &str, family: Family) -> Option<Entry> {
-        self.lock().get(&(key.to_string(), family)).cloned()
+        self.read().by_key.get(&(key.to_string(), family)).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.read().by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Family), Entry>> {
-        // A panic while holding the lock cannot leave a half-written entry behind (every
-        // mutation is a single insert/remove), so a poisoned lock is safe to keep using.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Entries> {
+        // A panic while holding the lock cannot leave a half-written entry behind (the two
+        // indexes are updated together, with nothing that can panic in between), so a
+        // poisoned lock is safe to keep using.
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Entries> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -410,8 +553,9 @@ mod tests {
         cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0);
         assert_eq!(cache.len(), 2);
         assert!(cache.entry("c@h", Family::Inet).is_none());
+        // Only as many dead entries go as make room for the new one.
         cache.insert("c@h", Family::Inet, addr(3), SEC, SEC, t0 + 3 * SEC);
-        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.len(), 2);
         assert!(cache.entry("c@h", Family::Inet).is_some());
     }
 
@@ -449,6 +593,11 @@ mod tests {
         assert_eq!(cache.port_for("APP", addr(0).ip()), Some(4370));
         assert_eq!(cache.port_for("ap", addr(0).ip()), None);
         assert_eq!(cache.port_for("app", "127.0.0.2".parse().unwrap()), None);
+        // Names that sort next to it are not it.
+        cache.insert("app1@h.x", Family::Inet, addr(4371), SEC, SEC, t0);
+        cache.insert("ap@h.x", Family::Inet, addr(4372), SEC, SEC, t0);
+        assert_eq!(cache.port_for("app", addr(0).ip()), Some(4370));
+        assert_eq!(cache.port_for("app1", addr(0).ip()), Some(4371));
     }
 
     #[test]
@@ -478,5 +627,118 @@ mod tests {
         assert_eq!(cache.snapshot(1, now).total, 3);
         cache.note_dns_answer();
         assert_eq!(cache.snapshot(1, now).dns_failed_ago, None);
+    }
+
+    #[test]
+    fn a_topology_never_redirects_a_node_someone_else_resolved() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        // The epmd module looked the node up itself.
+        cache.insert(
+            "app@h.legit.test",
+            Family::Inet,
+            addr(4370),
+            SEC,
+            60 * SEC,
+            t0,
+        );
+        // Another service's answer names the same host with another address and port.
+        let forged = SocketAddr::from(([127, 0, 0, 66], 9999));
+        assert!(!cache.offer(
+            7,
+            "app@h.legit.test",
+            Family::Inet,
+            forged,
+            86_400 * SEC,
+            SEC,
+            t0
+        ));
+        // Still refused once the looked-up entry has expired but may be served stale.
+        assert!(!cache.offer(
+            7,
+            "app@h.legit.test",
+            Family::Inet,
+            forged,
+            SEC,
+            SEC,
+            t0 + 2 * SEC
+        ));
+        assert_eq!(
+            cache
+                .entry("app@h.legit.test", Family::Inet)
+                .unwrap()
+                .endpoint,
+            addr(4370)
+        );
+        // Nor may another topology's entry be redirected.
+        cache.offer(1, "b@h", Family::Inet, addr(1), SEC, SEC, t0);
+        assert!(!cache.offer(2, "b@h", Family::Inet, addr(2), SEC, SEC, t0));
+        // Agreeing with the entry refreshes it; its own entries a topology updates freely.
+        assert!(cache.offer(2, "b@h", Family::Inet, addr(1), SEC, SEC, t0));
+        assert!(cache.offer(2, "b@h", Family::Inet, addr(3), SEC, SEC, t0));
+        // The node's own lookup always wins: it asked for exactly this name.
+        cache.insert("b@h", Family::Inet, addr(4), SEC, SEC, t0);
+        assert_eq!(
+            cache.entry("b@h", Family::Inet).unwrap().source,
+            Source::Lookup
+        );
+        // A dead entry is anybody's.
+        assert!(cache.offer(2, "b@h", Family::Inet, addr(5), SEC, SEC, t0 + 3 * SEC));
+    }
+
+    #[test]
+    fn a_node_that_left_a_topology_is_no_longer_fresh_from_it() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.offer(1, "a@h", Family::Inet, addr(1), 60 * SEC, 60 * SEC, t0);
+        cache.offer(1, "a@h", Family::Inet6, addr(1), 60 * SEC, 60 * SEC, t0);
+        cache.insert("b@h", Family::Inet, addr(2), 60 * SEC, 60 * SEC, t0);
+        cache.expire(1, "a@h", t0 + SEC);
+        cache.expire(1, "b@h", t0 + SEC);
+        assert_eq!(cache.get("a@h", Family::Inet, SEC, t0 + SEC), Cached::Miss);
+        assert_eq!(cache.get("a@h", Family::Inet6, SEC, t0 + SEC), Cached::Miss);
+        // Still the fallback while DNS fails; and what it did not write is untouched.
+        cache.note_dns_failure(t0 + SEC);
+        assert_eq!(
+            cache.get("a@h", Family::Inet, 5 * SEC, t0 + 2 * SEC),
+            Cached::StaleDuringOutage(addr(1))
+        );
+        assert_eq!(
+            cache.get("b@h", Family::Inet, SEC, t0 + SEC),
+            Cached::Fresh(addr(2))
+        );
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_soonest_dead_entries_without_a_scan() {
+        let cache = Cache::with_capacity(3);
+        let t0 = Instant::now();
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 5 * SEC, t0);
+        cache.insert("b@h", Family::Inet, addr(2), SEC, SEC, t0);
+        cache.insert("c@h", Family::Inet, addr(3), SEC, 50 * SEC, t0);
+        // b died at 2 s, a at 6 s: only b makes room at 3 s.
+        cache.insert("d@h", Family::Inet, addr(4), SEC, 50 * SEC, t0 + 3 * SEC);
+        assert!(cache.entry("b@h", Family::Inet).is_none());
+        assert!(cache.entry("a@h", Family::Inet).is_some());
+        // A refreshed entry is indexed by its new window, not its old one.
+        cache.insert("a@h", Family::Inet, addr(1), SEC, 50 * SEC, t0 + 4 * SEC);
+        cache.insert("e@h", Family::Inet, addr(5), SEC, 50 * SEC, t0 + 7 * SEC);
+        assert!(cache.entry("e@h", Family::Inet).is_none());
+        assert_eq!(cache.len(), 3);
+        let lock = cache.read();
+        assert_eq!(lock.by_stale_until.len(), lock.by_key.len());
+    }
+
+    #[test]
+    fn a_snapshot_returns_at_most_max_snapshot_entries() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_SNAPSHOT + 10) {
+            cache.insert(&format!("n{i:05}@h"), Family::Inet, addr(1), SEC, SEC, t0);
+        }
+        let snapshot = cache.snapshot(usize::MAX, t0);
+        assert_eq!(snapshot.entries.len(), MAX_SNAPSHOT);
+        assert_eq!(snapshot.total, MAX_SNAPSHOT + 10);
+        assert_eq!(snapshot.entries[0].node, "n00000@h");
     }
 }

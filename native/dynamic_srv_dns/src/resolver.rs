@@ -1,6 +1,6 @@
 //! DNS queries through hickory-resolver, mapped to this crate's types and errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::{Message, ResponseCode};
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
 use crate::cache::Family;
@@ -245,7 +245,11 @@ impl Dns {
             size: Some(AnswerSize::of(lookup.message(), self.transport)),
             ..SrvAnswer::default()
         };
+        let owners = owners(&lookup);
         for record in lookup.answers() {
+            if !owners.contains(&dotless_lowercase(&record.name)) {
+                continue;
+            }
             if let RData::SRV(srv) = &record.data {
                 let target = without_root(&srv.target.to_ascii()).to_string();
                 // "." means "no service here" (RFC 2782).
@@ -265,17 +269,27 @@ impl Dns {
                 });
             }
         }
+        // Only the addresses of this answer's own targets: an additional section may carry
+        // any name, and an address for a name nobody asked about must go nowhere.
+        let targets: HashSet<String> = answer
+            .records
+            .iter()
+            .map(|r| r.target.to_ascii_lowercase())
+            .collect();
         for record in lookup.additionals() {
             let ip = match &record.data {
                 RData::A(a) => IpAddr::V4(a.0),
                 RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
                 _ => continue,
             };
-            answer
-                .addresses
-                .entry(without_root(&record.name.to_ascii()).to_ascii_lowercase())
-                .or_default()
-                .push((ip, record.ttl));
+            let owner = dotless_lowercase(&record.name);
+            if targets.contains(&owner) {
+                answer
+                    .addresses
+                    .entry(owner)
+                    .or_default()
+                    .push((ip, record.ttl));
+            }
         }
         if answer.records.is_empty() && !answer.rejected_targets.is_empty() {
             return Err(LookupError::Malformed {
@@ -318,9 +332,11 @@ impl Dns {
             .lookup(host, record_type)
             .await
             .map_err(|e| map_error(host, label, e))?;
+        let owners = owners(&lookup);
         let addresses: Vec<_> = lookup
             .answers()
             .iter()
+            .filter(|record| owners.contains(&dotless_lowercase(&record.name)))
             .filter_map(|record| match &record.data {
                 RData::A(a) => Some((IpAddr::V4(a.0), record.ttl)),
                 RData::AAAA(aaaa) => Some((IpAddr::V6(aaaa.0), record.ttl)),
@@ -378,6 +394,36 @@ fn tcp_only(config: ResolverConfig) -> ResolverConfig {
         })
         .collect();
     ResolverConfig::from_parts(domain, search, servers)
+}
+
+/// The names whose records answer the query of `lookup`: the name asked and the CNAME
+/// targets chained from it within the answer. A record owned by any other name is not an
+/// answer to this query, whatever section the server put it in.
+fn owners(lookup: &Lookup) -> HashSet<String> {
+    let mut owners = HashSet::from([dotless_lowercase(lookup.query().name())]);
+    // Each pass follows the chain one link further; a loop or a long chain just stops.
+    for _ in 0..MAX_CNAME_CHAIN {
+        let before = owners.len();
+        for record in lookup.answers() {
+            if let RData::CNAME(alias) = &record.data {
+                if owners.contains(&dotless_lowercase(&record.name)) {
+                    owners.insert(dotless_lowercase(&alias.0));
+                }
+            }
+        }
+        if owners.len() == before {
+            break;
+        }
+    }
+    owners
+}
+
+/// How many CNAME links an answer is followed through (unbound's default is 11; a
+/// service record needs one at most).
+const MAX_CNAME_CHAIN: usize = 8;
+
+fn dotless_lowercase(name: &Name) -> String {
+    without_root(&name.to_ascii()).to_ascii_lowercase()
 }
 
 fn without_root(name: &str) -> &str {

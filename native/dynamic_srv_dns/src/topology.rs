@@ -1,14 +1,16 @@
 //! One polled service: its DNS queries, the mapping of answers to node names, the cache
 //! filling that lets the epmd module connect without another query, and the membership.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
 use crate::cache::Family;
+use crate::config::PortMode;
 use crate::engine::Engine;
 use crate::error::LookupError;
 use crate::membership::{Change, Completeness, Membership};
@@ -17,6 +19,13 @@ use crate::node_naming::{NodeNaming, Unmapped};
 use crate::resolver::{AnswerSize, SrvAnswer, SrvRecord, Transport};
 
 pub const DEFAULT_MAX_NODES: usize = 1024;
+
+/// How many address lookups for SRV targets one poll runs at a time: an answer of a
+/// thousand targets without addresses must not open a thousand sockets at once.
+pub const TARGET_LOOKUPS_IN_FLIGHT: usize = 8;
+
+/// Gives each topology its own name as a writer of the shared address cache.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyConfig {
@@ -54,11 +63,19 @@ pub struct Poll {
     pub partial_warning: Option<String>,
     /// True when DNS gave no usable answer: the membership is the last good one.
     pub failed: bool,
+    /// The DNS lookups this poll started: the service query, plus one per SRV target whose
+    /// address it had to ask for.
+    pub queries: usize,
 }
 
 pub struct Topology {
+    /// This topology as a writer of the shared address cache (`cache::Source`).
+    id: u64,
     config: TopologyConfig,
     engine: Arc<Engine>,
+    /// Addresses looked up for SRV targets, reused while fresh instead of asked every poll;
+    /// only the targets of the last answer are kept.
+    target_addresses: Mutex<HashMap<String, TargetAddresses>>,
     membership: Mutex<Membership>,
     /// True from a partial-answer warning until the next complete answer.
     warned_partial: Mutex<bool>,
@@ -68,6 +85,8 @@ impl Topology {
     pub fn new(config: TopologyConfig, engine: Arc<Engine>) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            target_addresses: Mutex::new(HashMap::new()),
             membership: Mutex::new(Membership::new(config.max_nodes, config.removal_delay)),
             warned_partial: Mutex::new(false),
             config,
@@ -88,19 +107,24 @@ impl Topology {
         let service = &self.config.service;
         let dns = self.engine.dns();
         if self.config.naming.uses_srv() {
-            match self.engine.bounded(service, dns.srv(service)).await {
+            let (poll, target_queries) = match self.engine.bounded(service, dns.srv(service)).await
+            {
                 Ok(mut answer) => match self.complete_addresses(&mut answer).await {
-                    Ok(()) => self.apply_srv(&answer),
-                    Err(error) => self.apply_failure(&error.to_string()),
+                    (queries, Ok(())) => (self.apply_srv(&answer), queries),
+                    (queries, Err(error)) => (self.apply_failure(&error.to_string()), queries),
                 },
                 Err(error) if error.is_authoritative_absence() => {
-                    self.apply_srv(&SrvAnswer::default())
+                    (self.apply_srv(&SrvAnswer::default()), 0)
                 }
-                Err(error) => self.apply_failure(&error.to_string()),
+                Err(error) => (self.apply_failure(&error.to_string()), 0),
+            };
+            Poll {
+                queries: 1 + target_queries,
+                ..poll
             }
         } else {
             let lookup = dns.sized_addresses(service, self.config.family);
-            match self.engine.bounded(service, lookup).await {
+            let poll = match self.engine.bounded(service, lookup).await {
                 Ok((addresses, size)) => {
                     let nodes = addresses
                         .iter()
@@ -113,18 +137,20 @@ impl Topology {
                     self.apply_nodes(Vec::new(), Vec::new(), 0, None)
                 }
                 Err(error) => self.apply_failure(&error.to_string()),
-            }
+            };
+            Poll { queries: 1, ..poll }
         }
     }
 
-    /// For a naming that puts the target's address in the node name: looks up the targets
-    /// whose address the additional section lacks (Consul leaves it out for a service
-    /// registered under a host name it cannot resolve), all at once. A target that has no
-    /// address stays unmapped; a failed lookup fails the whole poll, so a DNS problem never
-    /// makes a node look deregistered.
-    async fn complete_addresses(&self, answer: &mut SrvAnswer) -> Result<(), LookupError> {
+    /// For a naming that puts the target's address in the node name: finds the addresses
+    /// the additional section lacks (Consul leaves them out for a service registered under
+    /// a host name it cannot resolve), from an earlier poll while fresh, else by asking,
+    /// `TARGET_LOOKUPS_IN_FLIGHT` at a time. A target that has no address stays unmapped; a
+    /// failed lookup fails the whole poll, so a DNS problem never makes a node look
+    /// deregistered. Returns how many lookups it started.
+    async fn complete_addresses(&self, answer: &mut SrvAnswer) -> (usize, Result<(), LookupError>) {
         if !self.config.naming.needs_target_address() {
-            return Ok(());
+            return (0, Ok(()));
         }
         let family = self.config.family;
         let mut missing: Vec<String> = answer
@@ -137,33 +163,66 @@ impl Topology {
         missing.sort();
         missing.dedup();
         missing.truncate(self.config.max_nodes);
-        let mut lookups = JoinSet::new();
-        for target in missing {
-            let engine = Arc::clone(&self.engine);
-            lookups.spawn(async move {
-                let found = engine
-                    .bounded(&target, engine.dns().addresses(&target, family))
-                    .await;
-                (target, found)
-            });
-        }
-        while let Some(joined) = lookups.join_next().await {
-            let Ok((target, found)) = joined else {
-                continue;
-            };
-            match found {
-                Ok(addresses) => {
-                    answer
+        let now = Instant::now();
+        let mut to_ask = Vec::new();
+        {
+            let mut known = self.targets();
+            known.retain(|target, _| missing.binary_search(target).is_ok());
+            for target in missing {
+                match known.get(&target).and_then(|known| known.fresh(now)) {
+                    Some(addresses) => answer
                         .addresses
                         .entry(target)
                         .or_default()
-                        .extend(addresses);
+                        .extend(addresses),
+                    None => to_ask.push(target),
                 }
-                Err(error) if error.is_authoritative_absence() => {}
-                Err(error) => return Err(error),
             }
         }
-        Ok(())
+        let mut to_ask = to_ask.into_iter();
+        let mut started = 0;
+        let mut lookups = JoinSet::new();
+        loop {
+            while lookups.len() < TARGET_LOOKUPS_IN_FLIGHT {
+                let Some(target) = to_ask.next() else { break };
+                started += 1;
+                let engine = Arc::clone(&self.engine);
+                lookups.spawn(async move {
+                    let found = engine
+                        .bounded(&target, engine.dns().addresses(&target, family))
+                        .await;
+                    (target, found)
+                });
+            }
+            let Some(joined) = lookups.join_next().await else {
+                break;
+            };
+            let Ok((target, found)) = joined else {
+                continue;
+            };
+            let addresses = match found {
+                Ok(addresses) => addresses,
+                // Remembered too, so a target without an address is not asked every poll.
+                Err(error) if error.is_authoritative_absence() => Vec::new(),
+                // Dropping the set cancels the lookups still running.
+                Err(error) => return (started, Err(error)),
+            };
+            let min_ttl = self.engine.config().min_ttl;
+            let ttl = addresses.iter().map(|(_, ttl)| *ttl).min().unwrap_or(0);
+            self.targets().insert(
+                target.clone(),
+                TargetAddresses {
+                    addresses: addresses.clone(),
+                    fresh_until: Instant::now() + crate::cache::hold(ttl, min_ttl),
+                },
+            );
+            answer
+                .addresses
+                .entry(target)
+                .or_default()
+                .extend(addresses);
+        }
+        (started, Ok(()))
     }
 
     /// Applies an SRV answer: maps targets, fills the address cache, updates membership.
@@ -226,6 +285,11 @@ impl Topology {
             })
         });
         let poll = self.apply_nodes(nodes, unmapped, records, partial);
+        for node in &poll.change.left {
+            if let Ok(parsed) = NodeName::parse(node) {
+                self.engine.cache().expire(self.id, &parsed.key(), now);
+            }
+        }
         // Only members get cached: a flood of names over max_nodes must not fill the address
         // cache that every connection shares.
         let members: HashSet<String> = poll
@@ -296,6 +360,7 @@ impl Topology {
             records,
             partial_warning,
             failed: false,
+            queries: 0,
         }
     }
 
@@ -345,19 +410,34 @@ impl Topology {
         ))
     }
 
+    /// Caches where a listed node is, so the epmd module connects without a query of its
+    /// own: the target's address, and the port the epmd module would use for that node (the
+    /// SRV port only in `srv` mode; `static` and `name` modes never take it from SRV).
     fn remember_address(&self, node: &str, record: &SrvRecord, answer: &SrvAnswer, now: Instant) {
         let Ok(parsed) = NodeName::parse(node) else {
             return;
         };
         let config = self.engine.config();
+        let port = match config.port_mode {
+            PortMode::Srv => record.port,
+            PortMode::Static => match config.dist_port {
+                Some(port) => port,
+                None => return,
+            },
+            PortMode::Name => match parsed.port_from_name() {
+                Ok(port) => port,
+                Err(_) => return,
+            },
+        };
         for family in [Family::Inet, Family::Inet6] {
             if let Some((ip, address_ttl)) = answer.address_of(&record.target, family) {
                 let ttl = record.ttl.min(address_ttl);
                 let hold = crate::cache::hold(ttl, config.min_ttl);
-                self.engine.cache().insert(
+                self.engine.cache().offer(
+                    self.id,
                     &parsed.key(),
                     family,
-                    SocketAddr::new(ip, record.port),
+                    SocketAddr::new(ip, port),
                     hold,
                     config.max_stale,
                     now,
@@ -366,7 +446,35 @@ impl Topology {
         }
     }
 
+    fn targets(&self) -> std::sync::MutexGuard<'_, HashMap<String, TargetAddresses>> {
+        self.target_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A target's addresses from a lookup of an earlier poll.
+struct TargetAddresses {
+    addresses: Vec<(IpAddr, u32)>,
+    fresh_until: Instant,
+}
+
+impl TargetAddresses {
+    /// The addresses while fresh, their TTLs cut to what is left.
+    fn fresh(&self, now: Instant) -> Option<Vec<(IpAddr, u32)>> {
+        if now >= self.fresh_until {
+            return None;
+        }
+        let left = u32::try_from((self.fresh_until - now).as_secs()).unwrap_or(u32::MAX);
+        Some(
+            self.addresses
+                .iter()
+                .map(|(ip, ttl)| (*ip, (*ttl).min(left)))
+                .collect(),
+        )
     }
 }

@@ -14,12 +14,17 @@ use support::Dnsmasq;
 const SERVICE: &str = "my-app.service.consul";
 
 fn topology(nameserver: SocketAddr) -> Topology {
+    topology_holding(nameserver, Duration::from_secs(5))
+}
+
+/// `min_ttl` also bounds how long a target's looked-up address is reused between polls.
+fn topology_holding(nameserver: SocketAddr, min_ttl: Duration) -> Topology {
     let config = Config {
         dist_port: None,
         nameservers: vec![nameserver],
         port_mode: PortMode::Name,
         lookup_timeout: Duration::from_millis(1500),
-        min_ttl: Duration::from_secs(5),
+        min_ttl,
         max_stale: Duration::from_secs(60),
     };
     let engine = Arc::new(Engine::new(config, Arc::new(Cache::default())).unwrap());
@@ -91,7 +96,8 @@ async fn a_failed_address_lookup_fails_the_poll_instead_of_dropping_the_node() {
         .srv(SERVICE, "app-3.example.test", 21004, 1, 1)
         .address("example.test", "127.0.0.13")
         .start();
-    let topology = topology(server.addr());
+    // dnsmasq answers with TTL 0: with no minimum, every poll asks for the address again.
+    let topology = topology_holding(server.addr(), Duration::ZERO);
     let first = topology.poll().await;
     assert_eq!(first.change.members.len(), 2, "{first:?}");
 

@@ -15,7 +15,8 @@ use dynamic_srv_dns::diagnosis::{Diagnoser, NodeCheck, Probe};
 use dynamic_srv_dns::resolver::{SrvRecord, Transport};
 use dynamic_srv_dns::task::catch_panic;
 use dynamic_srv_dns::{
-    Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, Topology, TopologyConfig,
+    Cache, Cached, Config, Engine, Family, LookupError, NodeNaming, Poll, PortMode, Topology,
+    TopologyConfig,
 };
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{
@@ -30,7 +31,7 @@ mod atoms {
         ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
-        partial_warning, failed, udp, tcp,
+        partial_warning, failed, queries, udp, tcp,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
@@ -225,6 +226,13 @@ fn topology_new<'a>(
         if let Some(list) = &nameservers {
             config.nameservers = parse_nameservers(NAMESERVERS, list)
                 .map_err(|e| e.to_string().replacen(NAMESERVERS, "nameservers", 1))?;
+        }
+        // What the topology caches, the epmd module reads: it must hold the port the epmd
+        // module would dial, which its port mode decides. Without a usable epmd
+        // configuration (a node on the stock epmd) nobody would read it: cache no port.
+        match Config::from_env(|var| vars.get(var).cloned()) {
+            Ok(epmd) => (config.port_mode, config.dist_port) = (epmd.port_mode, epmd.dist_port),
+            Err(_) => (config.port_mode, config.dist_port) = (PortMode::Static, None),
         }
         let runtime = runtime()?;
         let _context = runtime.enter();
@@ -675,6 +683,7 @@ fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
         (atoms::records(), poll.records.encode(env)),
         (atoms::partial_warning(), poll.partial_warning.encode(env)),
         (atoms::failed(), poll.failed.encode(env)),
+        (atoms::queries(), poll.queries.encode(env)),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }

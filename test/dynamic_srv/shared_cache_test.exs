@@ -1,0 +1,251 @@
+defmodule DynamicSrv.SharedCacheTest do
+  # The address cache the epmd module and every topology share, fed by a real DNS server
+  # that lies (ScriptedDns `{:forge, _}`): only names an answer owns are used, a topology
+  # writes only the nodes it derives, with the port the epmd module would use, and never
+  # redirects a node resolved on its own; a poll's target lookups are bounded and reused.
+  # Drives the NIF directly (the epmd module's engine and a topology in this VM share the
+  # cache, as they do in a node), so each test uses names no other test uses.
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Native
+  alias DynamicSrv.Test.ScriptedDns
+
+  setup do
+    :ok = Native.load()
+    :ok
+  end
+
+  defp start_dns(fun) do
+    dns = ScriptedDns.start!(nil, {:forge, fun})
+    on_exit(fn -> ScriptedDns.stop(dns) end)
+    dns
+  end
+
+  defp vars(dns, port_mode, extra \\ %{}) do
+    Map.merge(
+      %{
+        "DYNAMIC_SRV_NAMESERVERS" => ScriptedDns.nameserver(dns),
+        "DYNAMIC_SRV_PORT_MODE" => port_mode,
+        "ERL_DIST_PORT" => "4370"
+      },
+      extra
+    )
+  end
+
+  defp engine(vars) do
+    {:ok, engine} = Native.configure(vars)
+    engine
+  end
+
+  defp resolve(engine, node) do
+    tag = make_ref()
+    :ok = Native.lookup(engine, node, :inet, self(), tag)
+
+    receive do
+      {^tag, answer} -> answer
+    after
+      10_000 -> flunk("no answer for #{node}")
+    end
+  end
+
+  defp topology(vars, service, naming, opts \\ []) do
+    {kind, base} = naming
+    removal_delay = Keyword.get(opts, :removal_delay, 0)
+    max_nodes = Keyword.get(opts, :max_nodes, 2000)
+
+    {:ok, topology} =
+      Native.topology_new(
+        vars,
+        {service, kind, base, :inet, max_nodes, nil, {:tcp, removal_delay}}
+      )
+
+    topology
+  end
+
+  defp poll(topology) do
+    tag = make_ref()
+    :ok = Native.topology_poll(topology, self(), tag)
+
+    receive do
+      {^tag, poll} -> poll
+    after
+      60_000 -> flunk("no poll result")
+    end
+  end
+
+  test "an answer for another service cannot redirect a node the epmd module resolved" do
+    dns =
+      start_dns(fn
+        "h.legit.test", :a ->
+          {[{:a, "h.legit.test", {127, 0, 0, 10}}], [], ttl: 60}
+
+        # Unrelated service: its SRV target is the legit host, with a forged long-lived address.
+        "evil.test", :srv ->
+          {[{:srv, "evil.test", 1, 1, 9999, "h.legit.test"}],
+           [{:a, "h.legit.test", {127, 0, 0, 66}}], ttl: 86_400}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "static")
+    engine = engine(vars)
+    assert resolve(engine, "app@h.legit.test") == {:ok, {127, 0, 0, 10}, 4370}
+
+    evil = topology(vars, "evil.test", {:basename, "app"})
+    assert %{members: ["app@h.legit.test"], failed: false} = poll(evil)
+
+    assert Native.lookup_cached(engine, "app@h.legit.test", :inet) == {:ok, {127, 0, 0, 10}, 4370}
+  end
+
+  test "records owned by names the query did not ask for are not answers" do
+    dns =
+      start_dns(fn
+        # An A answer whose record another name owns.
+        "h.owner.test", :a ->
+          {[{:a, "something.else", {127, 0, 0, 77}}], []}
+
+        # One real instance, one SRV record owned by an unrelated name, and an additional
+        # address for a name that is no target of this answer.
+        "svc.owner.test", :srv ->
+          {[
+             {:srv, "svc.owner.test", 1, 1, 4001, "a.owner.test"},
+             {:srv, "unrelated.other", 1, 1, 4002, "b.owner.test"}
+           ],
+           [
+             {:a, "a.owner.test", {127, 0, 0, 31}},
+             {:a, "b.owner.test", {127, 0, 0, 32}},
+             {:a, "bystander.owner.test", {127, 0, 0, 33}}
+           ], ttl: 60}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "srv")
+    engine = engine(vars)
+    static_engine = engine(vars(dns, "static"))
+    assert {:error, _reason, message} = resolve(static_engine, "app@h.owner.test")
+    assert message =~ "h.owner.test"
+
+    svc = topology(vars, "svc.owner.test", {:basename_port_ip, "app"})
+    assert %{members: ["app-4001@127.0.0.31"], records: 1} = poll(svc)
+
+    named = topology(vars, "svc.owner.test", {:basename, "app"})
+    assert %{members: ["app@a.owner.test"]} = poll(named)
+    assert Native.lookup_cached(engine, "app@a.owner.test", :inet) == {:ok, {127, 0, 0, 31}, 4001}
+    assert Native.lookup_cached(engine, "app@bystander.owner.test", :inet) == :miss
+  end
+
+  test "what a topology cached for a node stops being fresh when the node leaves it" do
+    registered = :atomics.new(1, [])
+    :atomics.put(registered, 1, 1)
+
+    dns =
+      start_dns(fn
+        "leave.test", :srv ->
+          if :atomics.get(registered, 1) == 1 do
+            {[
+               {:srv, "leave.test", 1, 1, 4001, "n1.leave.test"},
+               {:srv, "leave.test", 1, 1, 4001, "n2.leave.test"}
+             ], [{:a, "n1.leave.test", {127, 0, 0, 41}}, {:a, "n2.leave.test", {127, 0, 0, 42}}],
+             ttl: 86_400}
+          else
+            {[{:srv, "leave.test", 1, 1, 4001, "n2.leave.test"}],
+             [{:a, "n2.leave.test", {127, 0, 0, 42}}], ttl: 86_400}
+          end
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "static")
+    engine = engine(vars)
+    leave = topology(vars, "leave.test", {:basename, "app"})
+    assert %{members: ["app@n1.leave.test", "app@n2.leave.test"]} = poll(leave)
+
+    assert Native.lookup_cached(engine, "app@n1.leave.test", :inet) ==
+             {:ok, {127, 0, 0, 41}, 4370}
+
+    :atomics.put(registered, 1, 0)
+    # Removal needs two whole answers that agree.
+    poll(leave)
+    assert %{members: ["app@n2.leave.test"], left: ["app@n1.leave.test"]} = poll(leave)
+
+    assert Native.lookup_cached(engine, "app@n1.leave.test", :inet) == :miss
+
+    assert Native.lookup_cached(engine, "app@n2.leave.test", :inet) ==
+             {:ok, {127, 0, 0, 42}, 4370}
+  end
+
+  test "static and name modes never take the port from the SRV record" do
+    dns =
+      start_dns(fn
+        # A Kubernetes-style record of another port of the pods.
+        "_http._tcp.web.test", :srv ->
+          {[
+             {:srv, "_http._tcp.web.test", 1, 1, 8080, "w1.web.test"},
+             {:srv, "_http._tcp.web.test", 1, 1, 8080, "w2.web.test"}
+           ], [{:a, "w1.web.test", {127, 0, 0, 21}}, {:a, "w2.web.test", {127, 0, 0, 22}}],
+           ttl: 600}
+
+        "_http._tcp.api.test", :srv ->
+          {[{:srv, "_http._tcp.api.test", 1, 1, 8080, "a1.api.test"}],
+           [{:a, "a1.api.test", {127, 0, 0, 23}}], ttl: 600}
+
+        _, _ ->
+          nil
+      end)
+
+    static = vars(dns, "static")
+    web = topology(static, "_http._tcp.web.test", {:basename, "app"})
+    assert %{members: ["app@w1.web.test", "app@w2.web.test"]} = poll(web)
+
+    assert Native.lookup_cached(engine(static), "app@w1.web.test", :inet) ==
+             {:ok, {127, 0, 0, 21}, 4370}
+
+    # In name mode the port is the digits of the node name, whatever the record says.
+    named = vars(dns, "name")
+    api = topology(named, "_http._tcp.api.test", {:basename, "app4400"})
+    assert %{members: ["app4400@a1.api.test"]} = poll(api)
+
+    assert Native.lookup_cached(engine(named), "app4400@a1.api.test", :inet) ==
+             {:ok, {127, 0, 0, 23}, 4400}
+  end
+
+  test "a poll of a thousand targets without addresses asks a few at a time, then reuses them" do
+    targets = for k <- 1..1000, do: "t#{k}.bulk.test"
+
+    dns =
+      start_dns(fn
+        "bulk.test", :srv ->
+          {for({t, k} <- Enum.with_index(targets, 1), do: {:srv, "bulk.test", 1, 1, 5000 + k, t}),
+           []}
+
+        "t" <> _ = name, :a ->
+          k = name |> String.trim_leading("t") |> String.split(".") |> hd() |> String.to_integer()
+          {[{:a, name, {127, 1, div(k, 256), rem(k, 256)}}], [], ttl: 600}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "name")
+    bulk = topology(vars, "bulk.test", {:basename_port_ip, "app"})
+    first = poll(bulk)
+    assert length(first.members) == 1000
+    assert first.queries == 1001
+    assert a_queries(dns) == 1000
+    # The lookups ran a few at a time, not one socket per target all at once (1000 before):
+    # 8 in flight, and the server counts a closed connection out only once it has caught up
+    # with its mailbox, so it sees a few dozen at most.
+    assert ScriptedDns.peak_connections(dns) < 64
+
+    second = poll(bulk)
+    assert length(second.members) == 1000
+    assert second.queries == 1
+    assert a_queries(dns) == 1000
+  end
+
+  defp a_queries(dns), do: dns |> ScriptedDns.log() |> Enum.count(&match?({_, _, _, :a}, &1))
+end
