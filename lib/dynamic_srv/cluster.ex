@@ -41,8 +41,12 @@ defmodule DynamicSrv.Cluster do
       never remove a member (see below). The epmd module's per-connection lookups use UDP.
     * `:removal_delay` — ms a node must be missing from complete answers before it counts
       as deregistered, default `10_000` (see below).
-    * `:max_node_atoms` — at most this many new node atoms over the life of the VM, default
-      `16 * max_nodes`, so hostile DNS cannot fill the atom table.
+    * `:max_node_atoms` — at most this many new node atoms per topology over the life of the
+      VM, default `16 * max_nodes`, so hostile DNS cannot fill the atom table. The count
+      survives restarts: a topology that crashes and is restarted, or is stopped and started
+      again, goes on from what its earlier runs used up. A topology is known by its name: the
+      libcluster topology name, or the `:topology` given to a plain child, else its
+      `:service` (so plain children of one service without `:topology` share one budget).
     * `:resolver` — a 1-arity function called with the service name that returns
       `[{priority, weight, port, target_charlist}]` (or `{:error, reason}`), replacing DNS;
       for tests.
@@ -70,6 +74,11 @@ defmodule DynamicSrv.Cluster do
     * A node that sees *itself* leave DNS stops dialing its former members (with
       `disconnect_on_deregister: true`), so the others' disconnect sticks; it dials again
       once it is listed again.
+    * Polls of a topology never overlap and are applied in the order they were asked for.
+      One whose reply is late (a guard gives up after 60 s plus the polling interval and
+      counts it as a failed poll) still finishes before the next one asks, and nothing it
+      decided is lost: who left is worked out from the members this poller last acted on,
+      so a node removed in a reply given up on is disconnected on the next poll.
   """
   use GenServer
   require Logger
@@ -91,9 +100,10 @@ defmodule DynamicSrv.Cluster do
 
   @doc """
   Starts the poller. Besides the options above it takes `:name` (a GenServer name),
-  `:topology` (a name for logs, default `:dynamic_srv`) and `:connect`, `:disconnect`,
-  `:list_nodes` MFAs (the node is appended to `connect`/`disconnect` args), as libcluster
-  passes them.
+  `:topology` (a name for logs, default `:dynamic_srv`; also the child id and the key of the
+  `:max_node_atoms` budget, both the service when it is not given) and `:connect`,
+  `:disconnect`, `:list_nodes` MFAs (the node is appended to `connect`/`disconnect` args), as
+  libcluster passes them.
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
@@ -128,12 +138,14 @@ defmodule DynamicSrv.Cluster do
         libcluster?: Keyword.get(engine_opts, :libcluster, false),
         native: topology,
         members: [],
-        atoms: NodeAtoms.new(options.max_node_atoms),
+        member_names: [],
+        atoms: NodeAtoms.new(budget_key(engine_opts, options), options.max_node_atoms),
         atom_warning_given: false,
         over_limit_warned?: false,
         deregistered?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
+        resolver_worker: nil,
         waiting: [],
         timer: nil
       }
@@ -144,6 +156,12 @@ defmodule DynamicSrv.Cluster do
       {:error, message} -> {:stop, {:invalid_config, message}}
     end
   end
+
+  # What "per topology" means for the atom budget: the libcluster topology name, or the
+  # `:topology` given to a plain child, else its service. The same key on every start, so a
+  # restart finds the budget its predecessors used up.
+  defp budget_key(engine_opts, options),
+    do: Keyword.get(engine_opts, :topology) || options.service
 
   defp native_options(options) do
     {naming, basename} =
@@ -165,12 +183,25 @@ defmodule DynamicSrv.Cluster do
   end
 
   @impl true
-  def handle_info(:poll, state), do: {:noreply, start_poll(%{state | timer: nil})}
+  def handle_info(:poll, %{poll_tag: nil} = state),
+    do: {:noreply, start_poll(%{state | timer: nil})}
+
+  # The timer fired as poll_now started a poll: that poll stands in for this one (polls never
+  # overlap, so answers are applied in the order they were asked for).
+  def handle_info(:poll, state), do: {:noreply, %{state | timer: nil}}
 
   def handle_info({tag, poll}, %{poll_tag: tag} = state) when is_map(poll) do
     state = apply_poll(poll, %{state | poll_tag: nil})
     Enum.each(state.waiting, &GenServer.reply(&1, :ok))
     {:noreply, schedule_poll(%{state | waiting: []})}
+  end
+
+  # A poll we gave up on that finished after all. Its membership is already in the topology
+  # and the next poll's member list carries it; its events (an outage ending, a warning)
+  # happened once and are logged once, here.
+  def handle_info({tag, poll}, state) when is_reference(tag) and is_map(poll) do
+    log_events(poll, state)
+    {:noreply, state}
   end
 
   def handle_info({:poll_timeout, tag}, %{poll_tag: tag} = state) do
@@ -186,29 +217,50 @@ defmodule DynamicSrv.Cluster do
     {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
   end
 
-  # Replies to polls we already gave up on, timers of finished polls, connector exits.
+  # Timers of finished polls, connector exits.
   def handle_info(_stale, state), do: {:noreply, state}
 
   defp start_poll(state) do
     tag = make_ref()
 
-    case state.options.resolver do
-      nil ->
-        with {:error, reason} <- Native.topology_poll(state.native, self(), tag) do
-          send(self(), {tag, Native.topology_fail(state.native, "lookup not started: #{reason}")})
-        end
+    worker =
+      case state.options.resolver do
+        nil ->
+          with {:error, reason} <- Native.topology_poll(state.native, self(), tag) do
+            send(
+              self(),
+              {tag, Native.topology_fail(state.native, "lookup not started: #{reason}")}
+            )
+          end
 
-      resolver ->
-        run_resolver(resolver, state.options.service, state.native, self(), tag)
-    end
+          nil
+
+        resolver ->
+          run_resolver(resolver, state, self(), tag)
+      end
 
     # The DNS thread bounds every lookup itself; this only guards against a lost reply.
     Process.send_after(self(), {:poll_timeout, tag}, 60_000 + state.options.polling_interval)
-    %{state | poll_tag: tag}
+    %{state | poll_tag: tag, resolver_worker: worker}
   end
 
-  defp run_resolver(resolver, service, native, reply_to, tag) do
+  # Like the DNS thread, which runs a topology's polls one at a time: a poll given up on (the
+  # guard fired first) finishes before the next one asks, so an old answer can never be
+  # applied over a newer one.
+  defp run_resolver(
+         resolver,
+         %{options: %{service: service}, native: native} = state,
+         reply_to,
+         tag
+       ) do
+    previous = state.resolver_worker
+
     spawn(fn ->
+      if previous do
+        ref = Process.monitor(previous)
+        receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+      end
+
       poll =
         try do
           case resolver.(String.to_charlist(service)) do
@@ -234,16 +286,26 @@ defmodule DynamicSrv.Cluster do
     do: {priority, weight, port, to_string(target)}
 
   defp apply_poll(poll, state) do
-    log_poll(poll, state)
+    # Who left is what this process last acted on minus the topology's members now, not the
+    # poll's own `left`: a reply we gave up on (the guard fired first) was applied to the
+    # topology all the same, and its leavers would otherwise never be disconnected.
+    left = removed(state.member_names, poll.members)
+    log_events(poll, state)
+    log_left(left, state)
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.
     state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
 
-    state = %{state | members: members, deregistered?: deregistered?(poll, state)}
+    state = %{
+      state
+      | members: members,
+        member_names: poll.members,
+        deregistered?: deregistered?(poll.members, left, state)
+    }
 
     if state.options.disconnect_on_deregister do
-      disconnect(Enum.flat_map(poll.left, &existing_atom/1), state)
+      disconnect(Enum.flat_map(left, &existing_atom/1), state)
     end
 
     # A node that left DNS stops dialing, or it would undo the others' disconnect on its
@@ -253,18 +315,23 @@ defmodule DynamicSrv.Cluster do
       else: connect(members, state)
   end
 
-  defp deregistered?(poll, state) do
+  defp removed(before, now) do
+    now = MapSet.new(now)
+    Enum.reject(before, &MapSet.member?(now, &1))
+  end
+
+  defp deregistered?(members, left, state) do
     me = node() |> Atom.to_string() |> String.downcase()
     listed? = fn names -> Enum.any?(names, &(String.downcase(&1) == me)) end
 
     cond do
-      listed?.(poll.members) ->
+      listed?.(members) ->
         state.deregistered? &&
           Logger.info("this node is listed in #{state.options.service} again")
 
         false
 
-      listed?.(poll.left) ->
+      listed?.(left) ->
         Logger.info(
           "this node left #{state.options.service} in DNS; not connecting to its members"
         )
@@ -283,7 +350,7 @@ defmodule DynamicSrv.Cluster do
     end
   end
 
-  defp log_poll(poll, state) do
+  defp log_events(poll, state) do
     service = state.options.service
 
     if reason = poll.outage_started do
@@ -304,11 +371,12 @@ defmodule DynamicSrv.Cluster do
     for {target, reason} <- poll.unmapped do
       Logger.debug("ignoring SRV target #{target} of #{service}: #{reason}")
     end
-
-    if poll.left != [] do
-      Logger.info("#{length(poll.left)} nodes left #{service} in DNS: #{sample(poll.left)}")
-    end
   end
+
+  defp log_left([], _state), do: :ok
+
+  defp log_left(left, state),
+    do: Logger.info("#{length(left)} nodes left #{state.options.service} in DNS: #{sample(left)}")
 
   defp sample(names) when length(names) <= 10, do: Enum.join(names, ", ")
   defp sample(names), do: Enum.join(Enum.take(names, 10), ", ") <> ", ..."
@@ -332,7 +400,8 @@ defmodule DynamicSrv.Cluster do
   defp warn_atoms_exhausted(state, refused) do
     Logger.warning(
       "ignoring #{refused} new node names from #{state.options.service}: max_node_atoms=" <>
-        "#{state.options.max_node_atoms} new atoms already created; raise it if this is expected"
+        "#{state.options.max_node_atoms} new atoms already created by this topology since " <>
+        "the VM started; raise it if this is expected"
     )
 
     %{state | atom_warning_given: true}

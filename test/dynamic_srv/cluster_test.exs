@@ -83,6 +83,8 @@ defmodule DynamicSrv.ClusterTest do
           polling_interval: 3_600_000,
           # Most tests here are about the two-answer rule; the time rule has its own test.
           removal_delay: 0,
+          # The atom budget is per topology for the life of the VM: one topology per test.
+          topology: :"cluster_test_#{System.unique_integer([:positive])}",
           connect: {Recorder, :connect, []},
           disconnect: {Recorder, :disconnect, []},
           list_nodes: {Recorder, :list_nodes, []}
@@ -244,13 +246,13 @@ defmodule DynamicSrv.ClusterTest do
     target = ~c"10-0-0-4.node.dc1.consul"
     {resolver, _} = answer_with([{1, 1, 4370, target}])
 
-    pid = start_cluster(resolver, node_naming: {:basename_port, "app"})
+    pid = start_cluster(resolver, node_naming: {:basename_port, "app"}, topology: :port)
     assert Cluster.members(pid) == [:"app-4370@10-0-0-4.node.dc1.consul"]
-    stop_supervised!({Cluster, @service})
+    stop_supervised!(:port)
 
-    pid = start_cluster(resolver, node_naming: {:basename, "app"})
+    pid = start_cluster(resolver, node_naming: {:basename, "app"}, topology: :base)
     assert Cluster.members(pid) == [:"app@10-0-0-4.node.dc1.consul"]
-    stop_supervised!({Cluster, @service})
+    stop_supervised!(:base)
 
     # The address comes from the DNS answer; a resolver's IP-literal target is its own.
     {resolver, _} = answer_with([{1, 1, 4370, ~c"10.0.0.4"}, {1, 1, 4371, target}])
@@ -302,6 +304,173 @@ defmodule DynamicSrv.ClusterTest do
 
     assert log =~ "max_node_atoms=120"
     assert log =~ "beyond max_nodes=50"
+  end
+
+  test "the atom budget is kept per topology across restarts" do
+    fresh = fn -> for i <- 1..20, do: "r#{System.unique_integer([:positive])}x#{i}" end
+    {resolver, set} = answer_with([])
+    topology = :"atoms_#{System.unique_integer([:positive])}"
+
+    {served, _log} =
+      with_log(fn ->
+        for _start <- 1..3 do
+          names = fresh.()
+          set.(for name <- names, do: {1, 1, 1, String.to_charlist("#{name}.#{@service}")})
+          start_cluster(resolver, topology: topology, max_nodes: 50, max_node_atoms: 10)
+          stop_supervised!(topology)
+          names
+        end
+      end)
+
+    created =
+      Enum.count(List.flatten(served), &(NodeAtoms.existing("#{&1}@#{@service}") != :error))
+
+    assert created == 10
+
+    # Another topology has its own budget.
+    names = fresh.()
+    set.(for name <- names, do: {1, 1, 1, String.to_charlist("#{name}.#{@service}")})
+
+    capture_log(fn ->
+      start_cluster(resolver, topology: :"#{topology}_other", max_node_atoms: 10)
+    end)
+
+    assert Enum.count(names, &(NodeAtoms.existing("#{&1}@#{@service}") != :error)) == 10
+  end
+
+  # The 60 s guard against a lost reply fires before a slow lookup's reply arrives.
+  defp fire_poll_guard(pid) do
+    %{poll_tag: tag} = :sys.get_state(pid)
+    send(pid, {:poll_timeout, tag})
+  end
+
+  # A resolver answer that waits for the test: returns `records` once released.
+  defp held(records) do
+    test = self()
+
+    fn _service ->
+      send(test, {:resolving, self()})
+
+      receive do
+        :release -> records
+      end
+    end
+  end
+
+  test "a node that left in a poll whose reply came too late is still disconnected" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    # b misses one answer, then the answer that confirms its leave is slower than the guard.
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    set.(held([srv("a")]))
+    waiter = Task.async(fn -> Cluster.poll_now(pid) end)
+    assert_receive {:resolving, worker}
+
+    capture_log(fn ->
+      fire_poll_guard(pid)
+      assert Task.await(waiter) == :ok
+      send(worker, :release)
+
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+    end)
+
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+  end
+
+  test "a timer poll queued behind poll_now loses no leave" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    set.(held([srv("a")]))
+    waiter = Task.async(fn -> Cluster.poll_now(pid) end)
+    assert_receive {:resolving, first}
+    # The timer fired just as poll_now cancelled it: its :poll was already queued.
+    send(pid, :poll)
+    send(first, :release)
+
+    receive do
+      {:resolving, second} -> send(second, :release)
+    after
+      200 -> :ok
+    end
+
+    assert Task.await(waiter) == :ok
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+  end
+
+  test "a poll abandoned by the guard never rolls the membership back" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    # This poll's answer is old news by the time it lands: it still lists b.
+    set.(held([srv("a"), srv("b")]))
+    waiter = Task.async(fn -> Cluster.poll_now(pid) end)
+    assert_receive {:resolving, stale}
+
+    capture_log(fn ->
+      fire_poll_guard(pid)
+      assert Task.await(waiter) == :ok
+
+      # A newer poll, then the abandoned one finishes: the newer answer must not be overruled.
+      set.([srv("a")])
+      newer = Task.async(fn -> Cluster.poll_now(pid) end)
+      Process.sleep(100)
+      send(stale, :release)
+      assert Task.await(newer) == :ok
+
+      :ok = Cluster.poll_now(pid)
+    end)
+
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    Process.sleep(50)
+    assert connected() == [:"a@my-svc.service.consul"]
+    assert Enum.count(Recorder.log(), &(&1 == {:connect, :"b@my-svc.service.consul"})) == 1
+  end
+
+  test "a reply with an old tag changes nothing" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver)
+    assert eventually(fn -> length(connected()) == 2 end)
+    set.([srv("a")])
+    :ok = Cluster.poll_now(pid)
+    :ok = Cluster.poll_now(pid)
+    assert connected() == [:"a@my-svc.service.consul"]
+
+    # As a reply from before b left would look, arriving late.
+    old = %{
+      members: ["a@my-svc.service.consul", "b@my-svc.service.consul"],
+      joined: [],
+      left: ["c@my-svc.service.consul"],
+      failed: false,
+      outage_started: nil,
+      outage_ended: nil,
+      partial_warning: nil,
+      unmapped: [],
+      over_limit: 0,
+      records: 2
+    }
+
+    send(pid, {make_ref(), old})
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    :ok = Cluster.poll_now(pid)
+    assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+    Process.sleep(50)
+    assert connected() == [:"a@my-svc.service.consul"]
   end
 
   test "a failed poll between two over-limit answers does not repeat the max_nodes warning" do

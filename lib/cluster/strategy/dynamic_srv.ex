@@ -20,6 +20,9 @@ defmodule Cluster.Strategy.DynamicSrv do
   libcluster's `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`, so libcluster's
   logs and telemetry still happen, and through the topology's `connect`/`disconnect` MFAs.
 
+  The topology's name (`app` above) is what `max_node_atoms` counts against for the life of
+  the VM, so a topology libcluster restarts does not get a fresh budget.
+
   libcluster starts a topology only under its supervisor: put
   `{Cluster.Supervisor, [topologies, [name: MyApp.ClusterSupervisor]]}` among your
   application's children, `topologies` being `Application.get_env(:libcluster, :topologies)`.

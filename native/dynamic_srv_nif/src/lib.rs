@@ -41,7 +41,9 @@ struct EngineResource(Arc<Engine>);
 #[rustler::resource_impl]
 impl rustler::Resource for EngineResource {}
 
-struct TopologyResource(Arc<Topology>);
+/// A topology and its turn to poll: one poll at a time, in the order they were asked for, so a
+/// slow poll the Elixir side gave up on can never apply its older answer over a newer one.
+struct TopologyResource(Arc<Topology>, Arc<tokio::sync::Mutex<()>>);
 
 #[rustler::resource_impl]
 impl rustler::Resource for TopologyResource {}
@@ -246,7 +248,10 @@ fn topology_new<'a>(
             removal_delay: Duration::from_millis(removal_delay),
         };
         let topology = Topology::new(topology_config, Arc::new(engine))?;
-        Ok(ResourceArc::new(TopologyResource(Arc::new(topology))))
+        Ok(ResourceArc::new(TopologyResource(
+            Arc::new(topology),
+            Arc::default(),
+        )))
     };
     Ok(build().encode(env))
 }
@@ -259,9 +264,13 @@ fn topology_poll<'a>(
     pid: LocalPid,
     tag: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    let turn = topology.1.clone();
     let topology = topology.0.clone();
     let failed = topology.clone();
-    let work = async move { Some(topology.poll().await) };
+    let work = async move {
+        let _turn = turn.lock().await;
+        Some(topology.poll().await)
+    };
     Ok(reply_later(
         env,
         pid,
