@@ -622,7 +622,9 @@ defmodule DynamicSrv.Diagnosis do
     own = report.self_check && report.self_check.endpoint
     port = this.listen_port
 
-    Enum.filter(report.peers, fn peer ->
+    report.peers
+    |> Enum.map(fn peer -> %{peer | endpoint: peer.endpoint || endpoint_in_name(peer.node)} end)
+    |> Enum.filter(fn peer ->
       endpoint = peer.endpoint
 
       endpoint != nil and
@@ -631,6 +633,20 @@ defmodule DynamicSrv.Diagnosis do
            (is_integer(port) and port > 0 and String.ends_with?(endpoint, ":#{port}") and
               local_address?(endpoint) == true))
     end)
+  end
+
+  # `app-4370@10.0.0.5` says where it listens even when the port mode cannot look it up.
+  defp endpoint_in_name(node) do
+    with [name, host] <- String.split(node, "@", parts: 2),
+         {:ok, ip} <- :inet.parse_address(String.to_charlist(host)),
+         [_, digits] <- Regex.run(~r/(\d+)$/, name) do
+      case ip do
+        {_, _, _, _} -> "#{host}:#{digits}"
+        _ -> "[#{host}]:#{digits}"
+      end
+    else
+      _ -> nil
+    end
   end
 
   defp alias_problem(peer, this, service) do
@@ -738,7 +754,7 @@ defmodule DynamicSrv.Diagnosis do
     List.flatten([
       "DynamicSrv diagnosis of #{report.node[:name] || node()}",
       "",
-      format_settings(report.settings),
+      format_settings(report.settings, report.node),
       format_node(report),
       format_self(report.self_check),
       format_services(report.services),
@@ -749,9 +765,9 @@ defmodule DynamicSrv.Diagnosis do
     ])
   end
 
-  defp format_settings([]), do: []
+  defp format_settings([], _this), do: []
 
-  defp format_settings(settings) do
+  defp format_settings(settings, this) do
     lines =
       for s <- settings do
         source =
@@ -760,9 +776,16 @@ defmodule DynamicSrv.Diagnosis do
             :default -> "default (#{s.variable} is not set)"
           end
 
-        case s.error do
-          nil -> "  #{s.variable} = #{s.value}    #{source}"
-          error -> "  #{s.variable}: INVALID: #{error}"
+        cond do
+          s.error == nil ->
+            "  #{s.variable} = #{s.value}    #{source}"
+
+          s.variable == "ERL_DIST_PORT" and s.error =~ "is not set" and
+              not Map.get(this, :distributed?, true) ->
+            "  ERL_DIST_PORT: not set (a node in this port mode needs it; --node checks one)"
+
+          true ->
+            "  #{s.variable}: INVALID: #{s.error}"
         end
       end
 
