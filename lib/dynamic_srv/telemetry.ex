@@ -11,12 +11,10 @@ defmodule DynamicSrv.Telemetry do
         [:dynamic_srv, :lookup, :stop]
       ], &MyApp.Metrics.handle_event/4, nil)
 
-  | event | measurements | metadata |
-  |---|---|---|
-  | `[:dynamic_srv, :poll, :stop]` — a membership poll was applied | `duration` (native time units), `members`, `joined`, `left` | `topology`, `service`, `result` (`:ok` or `:error`), `error` (the DNS failure as a string, or `nil`) |
-  | `[:dynamic_srv, :outage, :start]` — the first failed poll after good ones | `system_time` | `topology`, `service`, `error`, `members` (the membership kept) |
-  | `[:dynamic_srv, :outage, :stop]` — the first good poll after failed ones | `duration` (native time units, from the outage's first failed poll), `failed_polls` | `topology`, `service` |
-  | `[:dynamic_srv, :lookup, :stop]` — `DynamicSrv.Epmd` looked a node up in DNS (an address-cache miss) | `duration` (native time units) | `node` (string), `family` (`:inet`/`:inet6`), `result` (`:ok` or `:error`), `reason` (an atom such as `:nxdomain`, `:timeout`, or `nil`), `address` (`"ip:port"` or `nil`) |
+  The events, their measurements and metadata are listed in one table in the README
+  (section "Telemetry"): a poll (`[:dynamic_srv, :poll, :stop]`), a DNS outage's start and end
+  (`[:dynamic_srv, :outage, :start]`, `[:dynamic_srv, :outage, :stop]`) and an address-cache
+  miss looked up by `DynamicSrv.Epmd` (`[:dynamic_srv, :lookup, :stop]`).
 
   `System.convert_time_unit(duration, :native, :millisecond)` turns a duration into ms.
   Handlers run in the process that emits the event, as `:telemetry` always does: the poller,

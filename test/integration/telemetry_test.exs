@@ -116,6 +116,32 @@ defmodule DynamicSrv.Integration.TelemetryTest do
     assert Peer.call(n2, Node, :list, []) == [:"n1@svc.dyn.test"]
   end
 
+  test "the README's telemetry table lists exactly the events, with the keys they carry" do
+    rows =
+      for line <- String.split(DynamicSrv.Test.Readme.text(), "\n"),
+          [_, event, _when, measurements, metadata] <-
+            [Regex.run(~r/^\| `(\[:dynamic_srv[^`]*\])` \| ([^|]*) \| ([^|]*) \| (.*) \|$/, line)],
+          into: %{} do
+        # The backticked names outside parentheses (which explain values).
+        keys = fn cell ->
+          cell = Regex.replace(~r/\([^()]*\)/, cell, "")
+          for [_, key] <- Regex.scan(~r/`(\w+)`/, cell), do: key
+        end
+
+        {Code.eval_string(event) |> elem(0), {keys.(measurements), keys.(metadata)}}
+      end
+
+    assert rows == %{
+             [:dynamic_srv, :poll, :stop] =>
+               {~w(duration members joined left), ~w(topology service result error)},
+             [:dynamic_srv, :outage, :start] =>
+               {~w(system_time), ~w(topology service error members)},
+             [:dynamic_srv, :outage, :stop] => {~w(duration failed_polls), ~w(topology service)},
+             [:dynamic_srv, :lookup, :stop] =>
+               {~w(duration), ~w(node family result reason address)}
+           }
+  end
+
   defp address_please(peer, name) do
     Peer.call(peer, DynamicSrv.Epmd, :address_please, [name, ~c"svc.dyn.test", :inet])
   end
