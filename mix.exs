@@ -68,7 +68,12 @@ defmodule DynamicSrv.MixProject do
       groups_for_modules: [
         "Epmd module": [DynamicSrv.Epmd],
         Clustering: [DynamicSrv.Cluster, Cluster.Strategy.DynamicSrv],
-        Diagnosis: [DynamicSrv, DynamicSrv.Diagnosis, DynamicSrv.LogForwarder],
+        Diagnosis: [
+          DynamicSrv,
+          DynamicSrv.Diagnosis,
+          DynamicSrv.LogForwarder,
+          DynamicSrv.Telemetry
+        ],
         "Mix tasks": [Mix.Tasks.DynamicSrv.Doctor, Mix.Tasks.Compile.DynamicSrvNative]
       ],
       groups_for_extras: [Reference: ["SECURITY.md", "RELIABILITY.md", "BENCHMARKS.md"]]

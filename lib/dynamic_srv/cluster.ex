@@ -81,7 +81,8 @@ defmodule DynamicSrv.Cluster do
       so a node removed in a reply given up on is disconnected on the next poll.
   """
   use GenServer
-  require Logger
+  # Logger, prefixed with libcluster's "[libcluster:<topology>] " under the strategy.
+  require DynamicSrv.Logger, as: Logger
 
   alias DynamicSrv.Cluster.{NodeAtoms, Options}
   alias DynamicSrv.Native
@@ -101,9 +102,11 @@ defmodule DynamicSrv.Cluster do
   @doc """
   Starts the poller. Besides the options above it takes `:name` (a GenServer name),
   `:topology` (a name for logs, default `:dynamic_srv`; also the child id and the key of the
-  `:max_node_atoms` budget, both the service when it is not given) and `:connect`,
+  `:max_node_atoms` budget, both the service when it is not given), `:connect`,
   `:disconnect`, `:list_nodes` MFAs (the node is appended to `connect`/`disconnect` args), as
-  libcluster passes them.
+  libcluster passes them, and `:initial_members`: nodes (a list or MapSet) taken as members
+  before the first poll, connected by it and removed by the membership rules below like any
+  member.
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
@@ -122,7 +125,15 @@ defmodule DynamicSrv.Cluster do
   @impl true
   def init(opts) do
     {engine_opts, config} =
-      Keyword.split(opts, [:topology, :connect, :disconnect, :list_nodes, :libcluster])
+      Keyword.split(opts, [
+        :topology,
+        :connect,
+        :disconnect,
+        :list_nodes,
+        :libcluster,
+        :initial_members,
+        :log_prefix
+      ])
 
     options = Options.validate!(config)
 
@@ -151,6 +162,11 @@ defmodule DynamicSrv.Cluster do
       }
 
       Logger.metadata(topology: state.topology)
+
+      if Keyword.get(engine_opts, :log_prefix),
+        do: DynamicSrv.Logger.put_libcluster_topology(state.topology)
+
+      state = DynamicSrv.Cluster.Seed.apply(state, engine_opts[:initial_members])
       {:ok, start_poll(state)}
     else
       {:error, message} -> {:stop, {:invalid_config, message}}
@@ -191,7 +207,19 @@ defmodule DynamicSrv.Cluster do
   def handle_info(:poll, state), do: {:noreply, %{state | timer: nil}}
 
   def handle_info({tag, poll}, %{poll_tag: tag} = state) when is_map(poll) do
+    before = state.member_names
     state = apply_poll(poll, %{state | poll_tag: nil})
+
+    state =
+      DynamicSrv.Telemetry.poll_applied(
+        poll,
+        %{
+          joined: length(removed(poll.members, before)),
+          left: length(removed(before, poll.members))
+        },
+        state
+      )
+
     Enum.each(state.waiting, &GenServer.reply(&1, :ok))
     {:noreply, schedule_poll(%{state | waiting: []})}
   end
@@ -210,7 +238,8 @@ defmodule DynamicSrv.Cluster do
   end
 
   def handle_info({:connected, node, result}, state) do
-    if result != true and result != :ok do
+    # Through libcluster, its Cluster.Strategy.connect_nodes/4 has logged the failure.
+    if result != true and result != :ok and not state.libcluster? do
       Logger.debug("could not connect to #{node}: #{inspect(result)}")
     end
 
@@ -241,7 +270,7 @@ defmodule DynamicSrv.Cluster do
 
     # The DNS thread bounds every lookup itself; this only guards against a lost reply.
     Process.send_after(self(), {:poll_timeout, tag}, 60_000 + state.options.polling_interval)
-    %{state | poll_tag: tag, resolver_worker: worker}
+    DynamicSrv.Telemetry.poll_started(%{state | poll_tag: tag, resolver_worker: worker})
   end
 
   # Like the DNS thread, which runs a topology's polls one at a time: a poll given up on (the

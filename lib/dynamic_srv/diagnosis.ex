@@ -15,6 +15,7 @@ defmodule DynamicSrv.Diagnosis do
   """
 
   alias DynamicSrv.{Epmd, LogForwarder, Native}
+  alias DynamicSrv.Diagnosis.Configured
 
   @max_peers 20
   @max_cache_entries 50
@@ -41,6 +42,11 @@ defmodule DynamicSrv.Diagnosis do
     * `:services` — SRV names to query, besides those of running `DynamicSrv.Cluster`s.
     * `:peers` — more node names to look up, besides connected nodes and cluster members.
     * `:nameservers` — override `DYNAMIC_SRV_NAMESERVERS` for this diagnosis.
+    * `:naming` — the `node_naming` to read the answers of `:services` with (default
+      `:service_prefix`); configured and running clusters use their own.
+    * `:topologies` — whether to check the clusters the application configures (libcluster
+      topologies using `Cluster.Strategy.DynamicSrv` and `{DynamicSrv.Cluster, opts}` kept
+      in config; default `true`), or the list of applications whose config to read.
     * `:family` — `:inet` or `:inet6` (default: from `-proto_dist`).
     * `:env` — the environment variables as a map (default: this OS process's).
   """
@@ -81,19 +87,20 @@ defmodule DynamicSrv.Diagnosis do
     own = if this.distributed?, do: me, else: nil
     diagnoser = Native.diagnoser_new(env, Keyword.get(opts, :nameservers), own)
     clusters = running_clusters()
+    {configured, config_problems} = configured_clusters(opts, clusters)
 
     {nameservers, self_check, services, peers, skipped, dns_problems} =
       case diagnoser do
         {:ok, diagnoser} ->
           info = Native.diagnoser_info(diagnoser)
           self_check = check_self(diagnoser, this, family)
-          services = check_services(diagnoser, env, clusters, opts)
-          {peers, skipped} = check_peers(diagnoser, me, clusters, opts, family, info)
+          services = check_services(diagnoser, env, clusters, configured, opts)
+          listed = Enum.flat_map(services, &List.wrap(&1.dns_members))
+          {peers, skipped} = check_peers(diagnoser, me, clusters, listed, opts, family, info)
           {info.nameservers, self_check, services, peers, skipped, []}
 
         {:error, message} ->
-          {nil, nil, [], [], 0,
-           [%{what: "cannot query DNS: #{message}", fix: "fix the variable named above"}]}
+          {nil, nil, [], [], 0, [nameservers_problem(message, env, opts)]}
       end
 
     report = %{
@@ -113,10 +120,11 @@ defmodule DynamicSrv.Diagnosis do
       report
       | problems:
           uniq(
-            setting_problems(settings) ++
+            setting_problems(settings, this) ++
+              config_problems ++
               vm_problems(vm_facts()) ++
               node_problems(this) ++
-              dns_problems ++ probe_problems(report)
+              dns_problems ++ probe_problems(report) ++ membership_problems(report)
           )
     }
   end
@@ -222,43 +230,99 @@ defmodule DynamicSrv.Diagnosis do
     _, _ -> nil
   end
 
-  defp check_services(diagnoser, env, clusters, opts) do
+  # The application's configured clusters that are not running here (those that run are
+  # checked with their live state).
+  defp configured_clusters(opts, running) do
+    case Keyword.get(opts, :topologies, true) do
+      false ->
+        {[], []}
+
+      apps ->
+        {found, problems} = Configured.find(if is_list(apps), do: apps, else: nil)
+        running = Enum.map(running, & &1.service)
+        {Enum.reject(found, &(&1.service in running)), problems}
+    end
+  end
+
+  defp check_services(diagnoser, env, clusters, configured, opts) do
     from_clusters =
       for cluster <- clusters do
-        kind =
-          case cluster.naming do
-            {:basename_ip, _} -> if cluster.ip_family == :inet6, do: :aaaa, else: :a
-            _ -> :srv
-          end
-
         d =
           case cluster.nameservers do
             nil -> {:ok, diagnoser}
             list -> Native.diagnoser_new(env, list, nil)
           end
 
-        %{
-          service: cluster.service,
-          source:
-            "polled by DynamicSrv.Cluster over #{cluster.dns_transport |> to_string() |> String.upcase()}",
-          members: cluster.members,
-          dns_transport: cluster.dns_transport,
-          probe: probe(d, kind, cluster.service)
-        }
+        Map.merge(
+          %{
+            service: cluster.service,
+            source:
+              "polled by DynamicSrv.Cluster over #{cluster.dns_transport |> to_string() |> String.upcase()}",
+            members: cluster.members,
+            dns_transport: cluster.dns_transport,
+            naming: cluster.naming
+          },
+          members_probe(d, cluster.naming, cluster.ip_family, cluster.service)
+        )
       end
+
+    from_config =
+      for cluster <- configured do
+        d =
+          case cluster.nameservers do
+            nil -> {:ok, diagnoser}
+            list -> Native.diagnoser_new(env, list, nil)
+          end
+
+        Map.merge(
+          %{
+            service: cluster.service,
+            source: "configured in #{cluster.source}, not running here",
+            members: nil,
+            dns_transport: cluster.dns_transport,
+            naming: cluster.naming
+          },
+          members_probe(d, cluster.naming, cluster.ip_family, cluster.service)
+        )
+      end
+
+    known = Enum.map(clusters ++ configured, & &1.service)
+    naming = Keyword.get(opts, :naming, :service_prefix)
 
     asked =
-      for service <- List.wrap(Keyword.get(opts, :services, [])),
-          service not in Enum.map(clusters, & &1.service) do
-        %{
-          service: service,
-          source: "asked for",
-          members: nil,
-          probe: probe({:ok, diagnoser}, :srv, service)
-        }
+      for service <- Enum.uniq(List.wrap(Keyword.get(opts, :services, []))),
+          service not in known do
+        Map.merge(
+          %{service: service, source: "asked for", members: nil, naming: naming},
+          members_probe({:ok, diagnoser}, naming, :inet, service)
+        )
       end
 
-    from_clusters ++ asked
+    from_clusters ++ from_config ++ asked
+  end
+
+  # What a poll of the service would list now: the timed answer and the node names the
+  # cluster's naming gives it (nil when the lookup failed).
+  defp members_probe({:ok, diagnoser}, naming, family, service) do
+    tag = make_ref()
+
+    native_naming =
+      case naming do
+        :service_prefix -> {:service_prefix, nil}
+        {kind, base} -> {kind, base}
+      end
+
+    :ok = Native.diagnose_members(diagnoser, service, native_naming, family, self(), tag)
+
+    case await(tag, Native.diagnoser_info(diagnoser).lookup_timeout_ms, fn -> nil end) do
+      %{probe: probe, members: members} -> %{probe: probe, dns_members: members}
+      nil -> %{probe: lost(service), dns_members: nil}
+    end
+  end
+
+  defp members_probe(error, naming, _family, service) do
+    kind = if match?({:basename_ip, _}, naming), do: :a, else: :srv
+    %{probe: probe(error, kind, service), dns_members: nil}
   end
 
   defp probe({:ok, diagnoser}, kind, name) do
@@ -293,9 +357,9 @@ defmodule DynamicSrv.Diagnosis do
 
   # --- peers -------------------------------------------------------------------------------
 
-  defp check_peers(diagnoser, me, clusters, opts, family, info) do
+  defp check_peers(diagnoser, me, clusters, listed, opts, family, info) do
     connected = Enum.map(Node.list(), &Atom.to_string/1)
-    members = Enum.flat_map(clusters, & &1.members)
+    members = Enum.uniq(Enum.flat_map(clusters, & &1.members) ++ listed)
     asked = Enum.map(List.wrap(Keyword.get(opts, :peers, [])), &to_string/1)
     all = Enum.uniq(asked ++ connected ++ members) -- [me]
     {checked, rest} = Enum.split(all, @max_peers)
@@ -344,9 +408,61 @@ defmodule DynamicSrv.Diagnosis do
 
   # --- problems ----------------------------------------------------------------------------
 
-  defp setting_problems(settings) do
-    for %{error: error, variable: var} <- settings, error != nil do
+  # A missing ERL_DIST_PORT matters only to a node: checking services alone (no `--node`, not
+  # distributed) needs no port.
+  defp setting_problems(settings, this) do
+    for %{error: error, variable: var} <- settings,
+        error != nil,
+        this.distributed? or not (var == "ERL_DIST_PORT" and error =~ "is not set") do
       %{what: error, fix: setting_fix(var, error)}
+    end
+  end
+
+  # The nameservers cannot be used at all: nothing was asked.
+  defp nameservers_problem(message, env, opts) do
+    {given, where} =
+      case Keyword.get(opts, :nameservers) do
+        nil -> {Map.get(env, "DYNAMIC_SRV_NAMESERVERS", ""), :env}
+        list -> {list, Keyword.get(opts, :nameservers_source, "the nameservers: option")}
+      end
+
+    message =
+      if where == :env,
+        do: message,
+        else: String.replace(message, ~r/^DYNAMIC_SRV_NAMESERVERS=/, "#{where} ")
+
+    suggestion = suggest_nameservers(given)
+
+    fix =
+      case where do
+        :env -> "set DYNAMIC_SRV_NAMESERVERS=#{suggestion}"
+        "--nameservers" -> "run with --nameservers #{suggestion}"
+        other -> "give #{other} #{inspect(suggestion)}"
+      end
+
+    %{
+      what: "cannot query DNS: #{message}",
+      fix: fix <> " (an IP address and port per server, comma-separated; IPv6 as [::1]:53)"
+    }
+  end
+
+  # "localhost:8600" -> "127.0.0.1:8600"; anything else unusable -> the Consul agent's address.
+  defp suggest_nameservers(given) do
+    given
+    |> String.split(",", trim: true)
+    |> Enum.map(fn server ->
+      server = String.trim(server)
+
+      case Regex.run(~r/^(?:localhost|ip6-localhost)(?::(\d+))?$/i, server) do
+        [_] -> "127.0.0.1:53"
+        [_, port] -> "127.0.0.1:#{port}"
+        nil -> if server =~ ~r/^[\d.]+:\d+$|^\[[\h:]+\]:\d+$/, do: server, else: nil
+      end
+    end)
+    |> Enum.reject(&is_nil/1)
+    |> case do
+      [] -> "127.0.0.1:8600"
+      list -> Enum.join(list, ",")
     end
   end
 
@@ -470,6 +586,150 @@ defmodule DynamicSrv.Diagnosis do
     self_problems ++ service_problems ++ peer_problems
   end
 
+  # This node as its services' answers list it: missing from one, or listed under another
+  # name (a member whose address and port are this node's).
+  defp membership_problems(%{node: %{distributed?: true} = this} = report) do
+    me = String.downcase(this.name)
+    aliases = aliases(report)
+
+    Enum.flat_map(report.services, fn service ->
+      listed = service.dns_members
+      names = Enum.map(List.wrap(listed), &String.downcase/1)
+      others = Enum.filter(aliases, &(String.downcase(&1.node) in names))
+
+      cond do
+        listed == nil ->
+          []
+
+        others != [] ->
+          Enum.map(others, &alias_problem(&1, this, service))
+
+        me not in names ->
+          [missing_problem(this, service)]
+
+        true ->
+          []
+      end
+    end)
+  end
+
+  defp membership_problems(_report), do: []
+
+  # Peers whose address is this node's own: this node's DNS endpoint, or a local address with
+  # this node's port.
+  defp aliases(report) do
+    this = report.node
+    own = report.self_check && report.self_check.endpoint
+    port = this.listen_port
+
+    report.peers
+    |> Enum.map(fn peer -> %{peer | endpoint: peer.endpoint || endpoint_in_name(peer.node)} end)
+    |> Enum.filter(fn peer ->
+      endpoint = peer.endpoint
+
+      endpoint != nil and
+        String.downcase(peer.node) != String.downcase(this.name) and
+        (endpoint == own or
+           (is_integer(port) and port > 0 and String.ends_with?(endpoint, ":#{port}") and
+              local_address?(endpoint) == true))
+    end)
+  end
+
+  # `app-4370@10.0.0.5` says where it listens even when the port mode cannot look it up.
+  defp endpoint_in_name(node) do
+    with [name, host] <- String.split(node, "@", parts: 2),
+         {:ok, ip} <- :inet.parse_address(String.to_charlist(host)),
+         [_, digits] <- Regex.run(~r/(\d+)$/, name) do
+      case ip do
+        {_, _, _, _} -> "#{host}:#{digits}"
+        _ -> "[#{host}]:#{digits}"
+      end
+    else
+      _ -> nil
+    end
+  end
+
+  defp alias_problem(peer, this, service) do
+    %{
+      what:
+        "#{service.service} lists this node as #{peer.node}, not as #{this.name}: " <>
+          "#{peer.endpoint} is this node's address and port. Peers dial #{peer.node}, and " <>
+          "this node refuses a connection meant for another name, so no one connects to it",
+      fix:
+        "start this node as #{peer.node} (--name #{peer.node}, or RELEASE_NODE=#{peer.node} " <>
+          "in a release), or make #{service.service} list it as #{this.name}: " <>
+          expected_listing(this, service)
+    }
+  end
+
+  defp missing_problem(this, service) do
+    count = length(service.dns_members)
+
+    sample =
+      case service.dns_members do
+        [] -> "no node"
+        list -> "#{count} #{plural(count, "node")}: #{Enum.join(Enum.take(list, 5), ", ")}"
+      end
+
+    assumed =
+      if service.source == "asked for" and service.naming == :service_prefix,
+        do:
+          " (names read with node_naming :service_prefix; give --naming if the cluster uses " <>
+            "another)",
+        else: ""
+
+    %{
+      what:
+        "this node (#{this.name}) is not among the nodes #{service.service} lists " <>
+          "(#{sample})#{assumed}: the other nodes never connect to it",
+      fix: "make #{service.service} list it: " <> expected_listing(this, service)
+    }
+  end
+
+  # What the service's answer must hold for this node to be named as it is.
+  defp expected_listing(this, %{service: service, naming: naming}) do
+    [name, host] = String.split(this.name, "@", parts: 2)
+    port = this.listen_port
+    port_text = if is_integer(port) and port > 0, do: "#{port}", else: "its port"
+    prefix_match = &String.starts_with?(name, &1 <> "-")
+
+    case naming do
+      :service_prefix ->
+        if String.downcase(host) == String.downcase(service) do
+          "register an SRV record of #{service} with target #{name}.#{service} and port " <>
+            "#{port_text} (its A record pointing at this host)"
+        else
+          "with node_naming :service_prefix every node is named NAME@#{service} (target " <>
+            "NAME.#{service}); name this node #{name}@#{service}, or set the node_naming " <>
+            "that matches #{this.name}"
+        end
+
+      {:basename_port, base} ->
+        if prefix_match.(base),
+          do: "register an SRV record of #{service} with target #{host} and port #{port_text}",
+          else:
+            "name this node #{base}-PORT@HOST (node_naming {:basename_port, #{inspect(base)}})"
+
+      {:basename, base} ->
+        if name == base,
+          do: "register an SRV record of #{service} with target #{host}",
+          else: "name this node #{base}@HOST (node_naming {:basename, #{inspect(base)}})"
+
+      {:basename_port_ip, base} ->
+        if prefix_match.(base),
+          do:
+            "register this instance in #{service} with address #{host} and port #{port_text} " <>
+              "(Consul: the service's Address and Port)",
+          else:
+            "name this node #{base}-PORT@IP (node_naming {:basename_port_ip, #{inspect(base)}})"
+
+      {:basename_ip, base} ->
+        if name == base,
+          do: "publish an A/AAAA record of #{service} with address #{host}",
+          else: "name this node #{base}@IP (node_naming {:basename_ip, #{inspect(base)}})"
+    end
+  end
+
   defp check_problems(check) do
     Enum.flat_map(check.probes, &probe_problem/1) ++ check.problems
   end
@@ -494,7 +754,7 @@ defmodule DynamicSrv.Diagnosis do
     List.flatten([
       "DynamicSrv diagnosis of #{report.node[:name] || node()}",
       "",
-      format_settings(report.settings),
+      format_settings(report.settings, report.node),
       format_node(report),
       format_self(report.self_check),
       format_services(report.services),
@@ -505,9 +765,9 @@ defmodule DynamicSrv.Diagnosis do
     ])
   end
 
-  defp format_settings([]), do: []
+  defp format_settings([], _this), do: []
 
-  defp format_settings(settings) do
+  defp format_settings(settings, this) do
     lines =
       for s <- settings do
         source =
@@ -516,9 +776,16 @@ defmodule DynamicSrv.Diagnosis do
             :default -> "default (#{s.variable} is not set)"
           end
 
-        case s.error do
-          nil -> "  #{s.variable} = #{s.value}    #{source}"
-          error -> "  #{s.variable}: INVALID: #{error}"
+        cond do
+          s.error == nil ->
+            "  #{s.variable} = #{s.value}    #{source}"
+
+          s.variable == "ERL_DIST_PORT" and s.error =~ "is not set" and
+              not Map.get(this, :distributed?, true) ->
+            "  ERL_DIST_PORT: not set (a node in this port mode needs it; --node checks one)"
+
+          true ->
+            "  #{s.variable}: INVALID: #{s.error}"
         end
       end
 
@@ -538,7 +805,7 @@ defmodule DynamicSrv.Diagnosis do
         this.listen_port == nil -> "unknown (see the configuration problems)"
         this.listen_port == 0 -> "any free port (release helper node)"
         this.port_registered? -> "#{this.listen_port} (listening)"
-        true -> "#{this.listen_port} (from the environment)"
+        true -> "#{this.listen_port} (#{port_source(this.mode)})"
       end
 
     [
@@ -557,6 +824,9 @@ defmodule DynamicSrv.Diagnosis do
   end
 
   defp format_node(_report), do: []
+
+  defp port_source("name"), do: "from the node name's digits, DYNAMIC_SRV_PORT_MODE=name"
+  defp port_source(_srv_or_static), do: "from ERL_DIST_PORT"
 
   defp invalid_note(settings) do
     case for(
@@ -634,9 +904,25 @@ defmodule DynamicSrv.Diagnosis do
           do: ["  note: #{s.probe.problem.what}", "    #{s.probe.problem.fix}"],
           else: []
 
-      ["Service #{s.service} (#{s.source}#{members}):", format_probe(s.probe, "  "), note, ""]
+      [
+        "Service #{s.service} (#{s.source}#{members}):",
+        format_probe(s.probe, "  "),
+        format_listed(s),
+        note,
+        ""
+      ]
     end
   end
+
+  defp format_listed(%{dns_members: list, naming: naming}) when is_list(list) do
+    shown = Enum.take(list, 10)
+    more = if length(list) > 10, do: ", ... (#{length(list)} in all)", else: ""
+
+    "  => nodes (node_naming #{inspect(naming)}): " <>
+      if(list == [], do: "none", else: Enum.join(shown, ", ") <> more)
+  end
+
+  defp format_listed(_service), do: []
 
   defp format_peers([], _skipped), do: ["Peers: none connected and no cluster members", ""]
 

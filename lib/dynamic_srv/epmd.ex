@@ -140,6 +140,13 @@ defmodule DynamicSrv.Epmd do
   # a second after that, and we wait two: no answer arrives after we stop waiting. `:no_reply`
   # (not `:timeout`) says the DNS thread itself did not answer in time, which it always should.
   defp await_lookup(engine, node, family, timeout) do
+    started = System.monotonic_time()
+    result = lookup_now(engine, node, family, timeout)
+    DynamicSrv.Telemetry.lookup_done(node, family, started, result)
+    result
+  end
+
+  defp lookup_now(engine, node, family, timeout) do
     # Misses are rare and already wait on DNS: the place to bring back a killed forwarder.
     DynamicSrv.LogForwarder.ensure_started()
     tag = make_ref()

@@ -80,6 +80,7 @@ defmodule DynamicSrv.Native do
   def topology_apply(_topology, _records), do: :erlang.nif_error(:nif_not_loaded)
   def topology_fail(_topology, _reason), do: :erlang.nif_error(:nif_not_loaded)
   def topology_members(_topology), do: :erlang.nif_error(:nif_not_loaded)
+  def topology_seed(_topology, _nodes), do: :erlang.nif_error(:nif_not_loaded)
   def set_log_forwarder(_pid), do: :erlang.nif_error(:nif_not_loaded)
   def log_stats, do: :erlang.nif_error(:nif_not_loaded)
   def log_probe(_level, _message), do: :erlang.nif_error(:nif_not_loaded)
@@ -92,6 +93,9 @@ defmodule DynamicSrv.Native do
     do: :erlang.nif_error(:nif_not_loaded)
 
   def diagnose_query(_diagnoser, _kind, _name, _pid, _tag),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def diagnose_members(_diagnoser, _service, _naming, _family, _pid, _tag),
     do: :erlang.nif_error(:nif_not_loaded)
 
   # Only in a library built with the test-only cargo feature `panic-probe`.

@@ -51,7 +51,7 @@ defmodule DynamicSrv.DiagnosisTest do
       assert out =~ ~s(ERL_DIST_PORT = 24501    from the environment: ERL_DIST_PORT="24501")
       assert out =~ "DYNAMIC_SRV_PORT_MODE = srv    default (DYNAMIC_SRV_PORT_MODE is not set)"
       assert out =~ "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS = 300 ms    from the environment"
-      assert out =~ "port mode: srv; distribution port: 24501 (from the environment)"
+      assert out =~ "port mode: srv; distribution port: 24501 (from ERL_DIST_PORT)"
       assert out =~ "nameservers: #{DnsServer.nameserver(dns)}"
       assert out =~ ~r/SRV a\.dyn\.test: 1 answer in [\d.]+ ms/
       assert out =~ "a-host.dyn.test:24501 (priority 0, weight 0, ttl 0 s; 127.0.0.1)"

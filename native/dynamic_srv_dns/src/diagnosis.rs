@@ -11,6 +11,7 @@ use crate::config::{Config, PortMode, ERL_DIST_PORT, NAMESERVERS};
 use crate::engine::{Engine, Plan};
 use crate::error::{ConfigError, LookupError};
 use crate::naming::NodeName;
+use crate::node_naming::NodeNaming;
 use crate::resolver::{SrvAnswer, Transport};
 
 /// SRV records shown per answer; a service of a thousand nodes need not print them all.
@@ -169,11 +170,20 @@ impl Diagnoser {
     /// over TCP: a server that trims UDP answers without the TC bit (Consul by default) shows
     /// as a UDP answer with fewer records, which is what a UDP poll would act on.
     pub async fn probe_service(&self, name: &str) -> Probe {
+        self.probe_service_answer(name).await.0
+    }
+
+    /// `probe_service`, with the fullest answer seen (over TCP when that worked).
+    async fn probe_service_answer(&self, name: &str) -> (Probe, Option<SrvAnswer>) {
         let (mut probe, udp) = self.probe_srv(name).await;
         let Some(udp) = udp else {
-            return probe;
+            return (probe, None);
         };
         let tcp = self.tcp.bounded(name, self.tcp.dns().srv(name)).await;
+        let fullest = match &tcp {
+            Ok(tcp) => tcp.clone(),
+            Err(_) => udp.clone(),
+        };
         let udp_records = udp.records.len() + udp.rejected_targets.len();
         let servers = self.servers_text();
         probe.problem = match tcp {
@@ -223,7 +233,84 @@ impl Diagnoser {
                 ),
             }),
         };
-        probe
+        (probe, Some(fullest))
+    }
+
+    /// What a membership poll of `service` would list now: the answer (timed, checked as
+    /// `probe_service` does) and the node names `naming` gives its records, or `None` when
+    /// the lookup failed. A target whose address the naming needs and the answer lacks is
+    /// looked up, as the poller does.
+    pub async fn service_members(
+        &self,
+        service: &str,
+        naming: &NodeNaming,
+        family: Family,
+    ) -> (Probe, Option<Vec<String>>) {
+        if !naming.uses_srv() {
+            let (probe, ips) = self.probe_all_addresses(service, family).await;
+            let members = ips.map(|ips| {
+                ips.into_iter()
+                    .filter_map(|ip| naming.node_for_ip(ip))
+                    .collect()
+            });
+            return (probe, members);
+        }
+        let (probe, answer) = self.probe_service_answer(service).await;
+        let Some(answer) = answer else {
+            return (probe, None);
+        };
+        let mut members = Vec::new();
+        for record in &answer.records {
+            let mut address = answer.address_of(&record.target, family).map(|(ip, _)| ip);
+            if address.is_none()
+                && naming.needs_target_address()
+                && record.target.parse::<IpAddr>().is_err()
+            {
+                address = self.probe_addresses(&record.target, family).await.1;
+            }
+            if let Ok(node) = naming.node_for_record(service, &record.target, record.port, address)
+            {
+                members.push(node);
+            }
+        }
+        members.sort();
+        members.dedup();
+        (probe, Some(members))
+    }
+
+    /// `probe_addresses` with every address, or `None` when the lookup failed. An
+    /// authoritative "no such name / no records" is an empty list, as the poller takes it.
+    async fn probe_all_addresses(
+        &self,
+        host: &str,
+        family: Family,
+    ) -> (Probe, Option<Vec<IpAddr>>) {
+        let record_type = record_type(family);
+        let started = Instant::now();
+        let result = self
+            .engine
+            .bounded(host, self.engine.dns().addresses(host, family))
+            .await;
+        let elapsed = started.elapsed();
+        let (outcome, ips) = match &result {
+            Ok(addresses) => (
+                Ok(addresses
+                    .iter()
+                    .map(|(ip, ttl)| format!("{ip} (ttl {ttl} s)"))
+                    .collect()),
+                Some(addresses.iter().map(|(ip, _)| *ip).collect()),
+            ),
+            Err(error) => (Err(self.failure(error, elapsed)), None),
+        };
+        let probe = Probe {
+            name: host.to_string(),
+            record_type,
+            elapsed,
+            outcome,
+            problem: None,
+            udp_only: false,
+        };
+        (probe, ips)
     }
 
     pub async fn probe_addresses(&self, host: &str, family: Family) -> (Probe, Option<IpAddr>) {
@@ -298,6 +385,12 @@ impl Diagnoser {
                 check.endpoint = ip.map(|ip| SocketAddr::new(ip, port));
             }
             Ok(Plan::Srv(name)) => {
+                if let Some(problem) = NodeName::parse(node)
+                    .ok()
+                    .and_then(|parsed| ip_host_in_srv_mode(&parsed))
+                {
+                    check.problems.push(problem);
+                }
                 check.how = format!(
                     "SRV record {name} for the port, then its target's {} record \
                      (DYNAMIC_SRV_PORT_MODE=srv)",
@@ -382,6 +475,36 @@ impl Diagnoser {
             fix: advice(error, self, self.config().port_mode),
         }
     }
+}
+
+/// A node named after an IP address cannot have an SRV record of its own under the name
+/// `srv` mode asks for (`name.10.0.0.5` is not a name any DNS server holds): its port comes
+/// from its name (`name` mode) or from ERL_DIST_PORT (`static` mode) instead.
+pub fn ip_host_in_srv_mode(node: &NodeName) -> Option<Problem> {
+    let ip = node.host_ip()?;
+    let name = &node.name;
+    let digits = &name[name.trim_end_matches(|c: char| c.is_ascii_digit()).len()..];
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+    let base = if base.is_empty() { "app" } else { base };
+    Some(Problem {
+        what: format!(
+            "node {node} is named after an IP address, but DYNAMIC_SRV_PORT_MODE=srv looks \
+             its port up in the SRV record {name}.{ip}, which no DNS server publishes"
+        ),
+        fix: if digits.is_empty() {
+            format!(
+                "name the node {base}-PORT@{ip} and set DYNAMIC_SRV_PORT_MODE=name (e.g. \
+                 {base}-4370@{ip} listens on 4370), or set DYNAMIC_SRV_PORT_MODE=static if \
+                 every node listens on ERL_DIST_PORT"
+            )
+        } else {
+            format!(
+                "set DYNAMIC_SRV_PORT_MODE=name: {node} then listens on {digits}, the digits \
+                 of its name (the poller names nodes alike with node_naming: \
+                 {{:basename_port_ip, \"{base}\"}})"
+            )
+        },
+    })
 }
 
 fn record_type(family: Family) -> &'static str {
@@ -622,5 +745,29 @@ mod tests {
             family: "IPv6",
         };
         assert!(advice_for(&no_address, "s", false, 1, PortMode::Srv).contains("AAAA"));
+    }
+
+    #[test]
+    fn ip_host_in_srv_mode_names_the_port_mode_to_use() {
+        let named = NodeName::parse("app-4370@10.0.0.5").unwrap();
+        let problem = ip_host_in_srv_mode(&named).unwrap();
+        assert!(
+            problem.what.contains("SRV record app-4370.10.0.0.5"),
+            "{problem:?}"
+        );
+        assert!(
+            problem.fix.starts_with(
+                "set DYNAMIC_SRV_PORT_MODE=name: app-4370@10.0.0.5 then listens on 4370"
+            ),
+            "{problem:?}"
+        );
+        assert!(
+            problem.fix.contains(r#"{:basename_port_ip, "app"}"#),
+            "{problem:?}"
+        );
+        let bare = NodeName::parse("web@10.0.0.5").unwrap();
+        let fix = ip_host_in_srv_mode(&bare).unwrap().fix;
+        assert!(fix.starts_with("name the node web-PORT@10.0.0.5"), "{fix}");
+        assert!(ip_host_in_srv_mode(&NodeName::parse("web@host.example").unwrap()).is_none());
     }
 }

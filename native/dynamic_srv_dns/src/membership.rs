@@ -204,6 +204,24 @@ impl Membership {
         chosen.into_values().collect()
     }
 
+    /// Takes `nodes` as members before any answer lists them (libcluster's strategy state
+    /// `meta`, a membership known from elsewhere). They are members like any other: kept while
+    /// answers list them, removed by the same rules when they do not. Returns those added.
+    pub fn seed(&mut self, nodes: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut added = Vec::new();
+        for node in self.one_spelling_each(nodes) {
+            if self.members.contains_key(&node) {
+                continue;
+            }
+            if self.members.len() >= self.max_nodes {
+                break;
+            }
+            self.members.insert(node.clone(), Absence::default());
+            added.push(node);
+        }
+        added
+    }
+
     pub fn observe_failure(&mut self, reason: &str) -> Change {
         self.failed_polls += 1;
         Change {
@@ -491,5 +509,27 @@ mod tests {
         assert_eq!(c.members.len(), 3);
         assert!(c.members.contains(&"m1".to_string()) && c.members.contains(&"m2".to_string()));
         assert_eq!(c.over_limit, 999);
+    }
+
+    #[test]
+    fn seeded_members_follow_the_removal_rules() {
+        let mut p = Poller::new(2, Duration::from_secs(6));
+        assert_eq!(p.m.seed(names(&["a", "B", "b", "c"])), names(&["a", "b"]));
+        assert_eq!(p.m.members(), names(&["a", "b"]));
+        // Listed: kept, and not reported as joined (it was a member already).
+        let c = p.answer(&["a", "d"]);
+        assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
+        assert_eq!(c.kept_missing, 1);
+        // Missing from two agreeing complete answers 10 s apart: gone, like any member.
+        let c = p.answer(&["a"]);
+        assert!(c.left.is_empty(), "{c:?}");
+        let c = p.answer(&["a"]);
+        assert_eq!(c.left, names(&["b"]));
+        // A failure never removes a seeded member.
+        let mut p = Poller::new(10, Duration::from_secs(60));
+        p.m.seed(names(&["x"]));
+        for _ in 0..3 {
+            assert_eq!(p.m.observe_failure("timeout").members, names(&["x"]));
+        }
     }
 }

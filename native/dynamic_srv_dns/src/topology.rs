@@ -452,6 +452,11 @@ impl Topology {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes `nodes` as members before any answer (see `Membership::seed`).
+    pub fn seed(&self, nodes: Vec<String>) -> Vec<String> {
+        self.membership().seed(nodes)
+    }
+
     fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }

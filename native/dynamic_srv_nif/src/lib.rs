@@ -356,6 +356,14 @@ fn topology_fail(
     encode_poll(env, &topology.0.apply_failure(&reason))
 }
 
+/// Takes `nodes` as members before any answer (libcluster's state `meta`); returns the
+/// members after.
+#[rustler::nif]
+fn topology_seed(topology: ResourceArc<TopologyResource>, nodes: Vec<String>) -> Vec<String> {
+    topology.0.seed(nodes);
+    topology.0.members()
+}
+
 #[rustler::nif]
 fn topology_members(topology: ResourceArc<TopologyResource>) -> Vec<String> {
     topology.0.members()
@@ -677,6 +685,62 @@ fn diagnose_query<'a>(
         |env, probe| probe.encode(env),
         internal_error,
     ))
+}
+
+#[derive(NifMap)]
+struct ServiceMembersView {
+    probe: ProbeView,
+    /// `nil` when the lookup failed.
+    members: Option<Vec<String>>,
+}
+
+/// What a poll of `service` would list now, named as `naming` (`{kind, basename | nil}`)
+/// names nodes, off-scheduler; `pid` later receives `{tag, %{probe: _, members: _}}`.
+#[rustler::nif]
+fn diagnose_members<'a>(
+    env: Env<'a>,
+    diagnoser: ResourceArc<DiagnoserResource>,
+    service: String,
+    naming: (Atom, Option<String>),
+    family: Atom,
+    pid: LocalPid,
+    tag: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let family = decode_family(family)?;
+    let naming = decode_naming(naming)?;
+    let diagnoser = diagnoser.0.clone();
+    let work = async move {
+        let (probe, members) = diagnoser.service_members(&service, &naming, family).await;
+        Some(ServiceMembersView {
+            probe: ProbeView::from(probe),
+            members,
+        })
+    };
+    Ok(reply_later(
+        env,
+        pid,
+        tag,
+        work,
+        |env, view| view.encode(env),
+        internal_error,
+    ))
+}
+
+fn decode_naming((kind, basename): (Atom, Option<String>)) -> NifResult<NodeNaming> {
+    let base = || basename.clone().unwrap_or_default();
+    Ok(if kind == atoms::service_prefix() {
+        NodeNaming::ServicePrefix
+    } else if kind == atoms::basename_port() {
+        NodeNaming::BasenamePort(base())
+    } else if kind == atoms::basename() {
+        NodeNaming::Basename(base())
+    } else if kind == atoms::basename_ip() {
+        NodeNaming::BasenameIp(base())
+    } else if kind == atoms::basename_port_ip() {
+        NodeNaming::BasenamePortIp(base())
+    } else {
+        return Err(Error::BadArg);
+    })
 }
 
 fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
