@@ -187,15 +187,20 @@ defmodule DynamicSrv.Epmd do
       {:error, :internal_error, Exception.message(error)}
   end
 
-  # Printed on stderr as well as returned: at boot the return value ends up deep inside a
-  # "Kernel pid terminated" tuple that few people read to the end. Written straight to the
-  # emulator's stderr, synchronously and whole: OTP 27+ start `standard_error` before
-  # `net_sup` (OTP 25 after it), and a line sent through it at this point comes out after
-  # net_kernel's own `erlang:display_string/1` output, in the middle of its line, with
-  # non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1` writes UTF-8 on 25-29.
+  # The one line is written straight to the emulator's stderr, synchronously and whole: OTP 27+
+  # start `standard_error` before `net_sup` (OTP 25 after it), and a line sent through it at
+  # this point comes out after net_kernel's own `erlang:display_string/1` output, in the
+  # middle of its line, with non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1`
+  # writes UTF-8 on 25-29.
+  #
+  # While the VM boots (`-name`/`-sname`, kernel starting net_sup) a refusal ends the VM right
+  # here with status 1 (see DynamicSrv.Epmd.Refusal): returning the error would bury the line
+  # under supervisor reports, "Kernel pid terminated" and an erl_crash.dump, and from
+  # listen_port_please/2 OTP has no error clause at all (`case_clause`). Once the VM runs
+  # (`Node.start/2`), the error is returned to the caller and the VM stays up.
   defp refuse(message) do
     line = "DynamicSrv.Epmd: distribution not started: " <> IO.chardata_to_string(message)
-    :erlang.display_string(String.to_charlist(line <> "\n"))
+    DynamicSrv.Epmd.Refusal.refuse(line)
     {:error, {:dynamic_srv, message}}
   end
 end

@@ -10,10 +10,13 @@ defmodule DynamicSrv.Test.Peer do
   @doc """
   Starts a node named `name` (e.g. `"n1@dyn.test"`) with the given environment. Every node
   gets `ERL_EPMD_PORT` pointing at a port where nothing listens, so any use of epmd fails.
-  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default), `:netns` (run the
+  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default; `"-sname"`;
+  `:none` for a node that is not distributed), `:netns` (run the
   node inside a network namespace made by `DynamicSrv.Test.Netns`), `:epmd_config` (how the
   VM is told to use DynamicSrv.Epmd: `:flag`, the default, for `-epmd_module`; `:kernel` for
-  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`).
+  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`), `:cd` (the
+  node's working directory), `:stderr_to` (a file that receives the node's stderr alone; the
+  output returned is then stdout only).
   """
   def start!(name, env, opts \\ []) do
     case start(name, env, opts) do
@@ -29,22 +32,26 @@ defmodule DynamicSrv.Test.Peer do
     args =
       ["-noshell", "-start_epmd", "false"] ++
         epmd_config(Keyword.get(opts, :epmd_config, :flag)) ++
-        [Keyword.get(opts, :dist, "-name"), name, "-setcookie", @cookie] ++
+        dist_args(Keyword.get(opts, :dist, "-name"), name) ++
         Enum.flat_map(code_paths(), &["-pa", &1]) ++
         Keyword.get(opts, :erl_args, []) ++
         ["-s", "Elixir.DynamicSrv.Test.NodeAgent", "main"]
 
     {executable, args} = DynamicSrv.Test.Netns.wrap(Keyword.get(opts, :netns), erl, args)
+    {executable, args} = stderr_to(Keyword.get(opts, :stderr_to), executable, args)
 
     port =
-      Port.open({:spawn_executable, executable}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        {:line, 1_000_000},
-        args: args,
-        env: port_env(env)
-      ])
+      Port.open(
+        {:spawn_executable, executable},
+        [
+          :binary,
+          :exit_status,
+          :stderr_to_stdout,
+          {:line, 1_000_000},
+          args: args,
+          env: port_env(env)
+        ] ++ if(cd = Keyword.get(opts, :cd), do: [cd: cd], else: [])
+      )
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     peer = %__MODULE__{name: String.to_atom(name), os_pid: os_pid, port: port, env: env}
@@ -53,6 +60,18 @@ defmodule DynamicSrv.Test.Peer do
       {:ok, lines} -> {:ok, %{peer | boot_output: lines}}
       {:exit, status, output} -> {:error, status, output}
     end
+  end
+
+  # `dist: :none` boots a node that is not distributed (`name` is then only a label).
+  defp dist_args(:none, _name), do: ["-setcookie", @cookie]
+  defp dist_args(flag, name), do: [flag, name, "-setcookie", @cookie]
+
+  # Through sh for the redirection; `exec` keeps the OS pid the port reports the node's.
+  defp stderr_to(nil, executable, args), do: {executable, args}
+
+  defp stderr_to(file, executable, args) do
+    quoted = "'" <> String.replace(file, "'", ~S('\'')) <> "'"
+    {"/bin/sh", ["-c", ~s(exec "$0" "$@" 2>) <> quoted, executable | args]}
   end
 
   # Arguments go to the VM as they are (no shell): the inner quotes are part of the value.
@@ -153,7 +172,7 @@ defmodule DynamicSrv.Test.Peer do
 
     set =
       for {k, v} <- Map.merge(defaults, env),
-          do: {String.to_charlist(k), v && String.to_charlist(v)}
+          do: {String.to_charlist(k), if(v, do: String.to_charlist(v), else: false)}
 
     cleared ++ set
   end
