@@ -30,8 +30,8 @@ defmodule DynamicSrv.Cluster do
         to `app@IP`, as libcluster's DNSPoll and dns_cluster do.
     * `:ip_family` — `:inet` (default) or `:inet6`: which records `{:basename_ip, _}` asks for,
       and which address of a target `{:basename_port_ip, _}` uses.
-    * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else
-      `/etc/resolv.conf`.
+    * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else the
+      nameservers of OTP's inetrc, else `/etc/resolv.conf` (see `DynamicSrv.Nameservers`).
     * `:max_nodes` — at most this many members, default `1024`; more names are ignored with
       a warning.
     * `:dns_transport` — `:tcp` (default) or `:udp`: how the poll asks. Over TCP no server
@@ -118,7 +118,8 @@ defmodule DynamicSrv.Cluster do
 
     with :ok <- Native.load(),
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
-         {:ok, topology} <- Native.topology_new(Native.environment(), native_options(options)) do
+         {:ok, topology} <-
+           Native.topology_new(DynamicSrv.Nameservers.environment(), native_options(options)) do
       state = %{
         options: options,
         topology: Keyword.get(engine_opts, :topology, :dynamic_srv),
