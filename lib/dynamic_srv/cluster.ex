@@ -11,7 +11,8 @@ defmodule DynamicSrv.Cluster do
 
   Options (the same keyword list the libcluster strategy takes as `config:`):
 
-    * `:service` — required. The DNS name whose SRV records list the nodes.
+    * `:service` — required. The DNS name whose SRV records list the nodes. `:ignore` or
+      `nil` disables the topology (one info line; nothing is started).
     * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
       first poll runs at start.
     * `:disconnect_on_deregister` — default `true`: disconnect nodes that left DNS. A DNS
@@ -67,6 +68,9 @@ defmodule DynamicSrv.Cluster do
       an unreachable peer delays nobody; a node that dropped its connection is retried.
     * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to
       a discovered peer costs no further DNS query.
+    * One warning when a poll first finds this node unable to cluster (not distributed,
+      short names, the stock epmd module, an epmd daemon started alongside), and one, repeated
+      every 5 minutes, while DNS says the service does not exist or has no records.
     * A node that sees *itself* leave DNS stops dialing its former members (with
       `disconnect_on_deregister: true`), so the others' disconnect sticks; it dials again
       once it is listed again.
@@ -74,7 +78,7 @@ defmodule DynamicSrv.Cluster do
   use GenServer
   require Logger
 
-  alias DynamicSrv.Cluster.{NodeAtoms, Options}
+  alias DynamicSrv.Cluster.{Misconfig, NodeAtoms, Options}
   alias DynamicSrv.Native
 
   @default_connect {:net_kernel, :connect_node, []}
@@ -98,7 +102,9 @@ defmodule DynamicSrv.Cluster do
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     {gen_opts, opts} = Keyword.split(opts, [:name])
-    GenServer.start_link(__MODULE__, opts, gen_opts)
+
+    with :enabled <- Misconfig.disabled(opts),
+         do: GenServer.start_link(__MODULE__, opts, gen_opts)
   end
 
   @doc "The current members, as node atoms."
@@ -132,6 +138,7 @@ defmodule DynamicSrv.Cluster do
         atoms: NodeAtoms.new(options.max_node_atoms),
         atom_warning_given: false,
         over_limit_warned?: false,
+        misconfig: Misconfig.new(),
         deregistered?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
@@ -236,6 +243,9 @@ defmodule DynamicSrv.Cluster do
 
   defp apply_poll(poll, state) do
     log_poll(poll, state)
+    {misconfig, lines} = Misconfig.check(state.misconfig, poll, state.options)
+    Enum.each(lines, fn {level, line} -> Logger.log(level, line) end)
+    state = %{state | misconfig: misconfig}
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.

@@ -14,7 +14,9 @@ defmodule DynamicSrv.Test.Peer do
   `:none` for a node that is not distributed), `:netns` (run the
   node inside a network namespace made by `DynamicSrv.Test.Netns`), `:epmd_config` (how the
   VM is told to use DynamicSrv.Epmd: `:flag`, the default, for `-epmd_module`; `:kernel` for
-  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`), `:cd` (the
+  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`; `:none`
+  for the stock epmd module), `:start_epmd_false` (default `true`; `false` leaves out
+  `-start_epmd false`, so the VM starts an epmd daemon on `ERL_EPMD_PORT`), `:cd` (the
   node's working directory), `:stderr_to` (a file that receives the node's stderr alone; the
   output returned is then stdout only).
   """
@@ -30,7 +32,8 @@ defmodule DynamicSrv.Test.Peer do
     erl = System.find_executable("erl") || raise "erl not found"
 
     args =
-      ["-noshell", "-start_epmd", "false"] ++
+      ["-noshell"] ++
+        if(Keyword.get(opts, :start_epmd_false, true), do: ["-start_epmd", "false"], else: []) ++
         epmd_config(Keyword.get(opts, :epmd_config, :flag)) ++
         dist_args(Keyword.get(opts, :dist, "-name"), name) ++
         Enum.flat_map(code_paths(), &["-pa", &1]) ++
@@ -78,6 +81,7 @@ defmodule DynamicSrv.Test.Peer do
   defp epmd_config(:flag), do: ["-epmd_module", "Elixir.DynamicSrv.Epmd"]
   defp epmd_config(:kernel), do: ["-kernel", "epmd_module", "'Elixir.DynamicSrv.Epmd'"]
   defp epmd_config(:both), do: epmd_config(:flag) ++ epmd_config(:kernel)
+  defp epmd_config(:none), do: []
 
   @doc "Boots a node expected to refuse to start; returns `{exit_status, output}`."
   def boot_failure(name, env, opts \\ []) do
