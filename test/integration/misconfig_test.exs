@@ -6,7 +6,7 @@ defmodule DynamicSrv.Integration.MisconfigTest do
   @moduletag :integration
 
   import DynamicSrv.Test.Fleet
-  alias DynamicSrv.Test.{DnsServer, Mesh, NodeAgent, Peer, Ports}
+  alias DynamicSrv.Test.{DnsServer, Mesh, Netns, NodeAgent, Peer, Ports}
 
   @tag timeout: 120_000
   test "a service DNS says does not exist (NXDOMAIN) or has no SRV records (NODATA)" do
@@ -50,6 +50,44 @@ defmodule DynamicSrv.Integration.MisconfigTest do
            inspect(logs(peer))
 
     assert DnsServer.queries(dns) != []
+  end
+
+  # The issue's case: no DYNAMIC_SRV_NAMESERVERS and no inetrc, so /etc/resolv.conf (here the
+  # namespace's) is asked, and that server knows nothing of the Consul name.
+  test "the resolv.conf server answers NXDOMAIN for a Consul service name" do
+    unless Netns.available?(),
+      do: flunk("this test needs root and iproute2 for a network namespace")
+
+    ns = Netns.create!()
+    on_exit(fn -> Netns.destroy(ns) end)
+    Netns.add_address!(ns, "10.53.0.1/32")
+    Netns.put_resolv_conf!(ns, "nameserver 10.53.0.1\n")
+
+    start_dns!([{:a, "other.consul", "127.0.0.1"}],
+      netns: ns,
+      listen_address: "10.53.0.1",
+      port: 53,
+      extra: ["--local=/consul/"]
+    )
+
+    peer = Peer.start!("n1@dyn.test", %{"ERL_DIST_PORT" => "#{Ports.free()}"}, netns: ns)
+
+    on_exit(fn -> Peer.stop(peer) end)
+    capture_logs!([peer])
+    start_clusters!([peer], [service: "my-app.service.consul"] ++ counting())
+    await_polls([peer], 2)
+
+    assert [warning] = warnings(peer), inspect(logs(peer))
+
+    assert warning ==
+             "DNS says my-app.service.consul does not exist (NXDOMAIN): no members from it. " <>
+               "Asked 10.53.0.1:53 (from /etc/resolv.conf). Likely fix: the system resolver " <>
+               "does not know this name (a Consul or other private zone?): set " <>
+               "DYNAMIC_SRV_NAMESERVERS (or the topology's nameservers:) to the DNS server " <>
+               "that serves it, e.g. the Consul agent, 127.0.0.1:8600. " <>
+               "(Repeated every 5 min while it lasts.)"
+
+    IO.puts("\n[misconfig] NXDOMAIN from resolv.conf: #{warning}")
   end
 
   test "a healthy node gives no warning" do
