@@ -11,7 +11,8 @@ defmodule DynamicSrv.Cluster do
 
   Options (the same keyword list the libcluster strategy takes as `config:`):
 
-    * `:service` — required. The DNS name whose SRV records list the nodes.
+    * `:service` — required. The DNS name whose SRV records list the nodes. `:ignore` or
+      `nil` disables the topology (one info line; nothing is started).
     * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
       first poll runs at start.
     * `:disconnect_on_deregister` — default `true`: disconnect nodes that left DNS. A DNS
@@ -30,8 +31,8 @@ defmodule DynamicSrv.Cluster do
         to `app@IP`, as libcluster's DNSPoll and dns_cluster do.
     * `:ip_family` — `:inet` (default) or `:inet6`: which records `{:basename_ip, _}` asks for,
       and which address of a target `{:basename_port_ip, _}` uses.
-    * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else
-      `/etc/resolv.conf`.
+    * `:nameservers` — e.g. `"127.0.0.1:8600"`; default `DYNAMIC_SRV_NAMESERVERS`, else the
+      nameservers of OTP's inetrc, else `/etc/resolv.conf` (see `DynamicSrv.Nameservers`).
     * `:max_nodes` — at most this many members, default `1024`; more names are ignored with
       a warning.
     * `:dns_transport` — `:tcp` (default) or `:udp`: how the poll asks. Over TCP no server
@@ -71,6 +72,9 @@ defmodule DynamicSrv.Cluster do
       an unreachable peer delays nobody; a node that dropped its connection is retried.
     * Every SRV answer fills the address cache `DynamicSrv.Epmd` answers from: connecting to
       a discovered peer costs no further DNS query.
+    * One warning when a poll first finds this node unable to cluster (not distributed,
+      short names, the stock epmd module, an epmd daemon started alongside), and one, repeated
+      every 5 minutes, while DNS says the service does not exist or has no records.
     * A node that sees *itself* leave DNS stops dialing its former members (with
       `disconnect_on_deregister: true`), so the others' disconnect sticks; it dials again
       once it is listed again.
@@ -84,7 +88,7 @@ defmodule DynamicSrv.Cluster do
   # Logger, prefixed with libcluster's "[libcluster:<topology>] " under the strategy.
   require DynamicSrv.Logger, as: Logger
 
-  alias DynamicSrv.Cluster.{NodeAtoms, Options}
+  alias DynamicSrv.Cluster.{Misconfig, NodeAtoms, Options}
   alias DynamicSrv.Native
 
   @default_connect {:net_kernel, :connect_node, []}
@@ -111,7 +115,9 @@ defmodule DynamicSrv.Cluster do
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     {gen_opts, opts} = Keyword.split(opts, [:name])
-    GenServer.start_link(__MODULE__, opts, gen_opts)
+
+    with :enabled <- Misconfig.disabled(opts),
+         do: GenServer.start_link(__MODULE__, opts, gen_opts)
   end
 
   @doc "The current members, as node atoms."
@@ -139,7 +145,8 @@ defmodule DynamicSrv.Cluster do
 
     with :ok <- Native.load(),
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
-         {:ok, topology} <- Native.topology_new(Native.environment(), native_options(options)) do
+         {:ok, topology} <-
+           Native.topology_new(DynamicSrv.Nameservers.environment(), native_options(options)) do
       state = %{
         options: options,
         topology: Keyword.get(engine_opts, :topology, :dynamic_srv),
@@ -153,6 +160,7 @@ defmodule DynamicSrv.Cluster do
         atoms: NodeAtoms.new(budget_key(engine_opts, options), options.max_node_atoms),
         atom_warning_given: false,
         over_limit_warned?: false,
+        misconfig: Misconfig.new(),
         deregistered?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
@@ -321,6 +329,9 @@ defmodule DynamicSrv.Cluster do
     left = removed(state.member_names, poll.members)
     log_events(poll, state)
     log_left(left, state)
+    {misconfig, lines} = Misconfig.check(state.misconfig, poll, state.options)
+    Enum.each(lines, fn {level, line} -> Logger.log(level, line) end)
+    state = %{state | misconfig: misconfig}
     {members, atoms, refused} = NodeAtoms.to_atoms(state.atoms, poll.members)
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.

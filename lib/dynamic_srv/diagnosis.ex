@@ -14,7 +14,7 @@ defmodule DynamicSrv.Diagnosis do
   thread with a private cache: a diagnosis never changes what the node answers from.
   """
 
-  alias DynamicSrv.{Epmd, LogForwarder, Native}
+  alias DynamicSrv.{Epmd, LogForwarder, Nameservers, Native}
   alias DynamicSrv.Diagnosis.Configured
 
   @max_peers 20
@@ -79,13 +79,17 @@ defmodule DynamicSrv.Diagnosis do
 
   defp collect(opts) do
     env = Keyword.get_lazy(opts, :env, &Native.environment/0)
-    settings = Native.config_settings(env)
+    nameservers_source = Nameservers.source(Keyword.get(opts, :nameservers), env)
+    settings = env |> Native.config_settings() |> Nameservers.note_setting(nameservers_source)
     me = to_string(Keyword.get(opts, :node, node()))
     family = Keyword.get_lazy(opts, :family, &dist_family/0)
     this = this_node(me, env, family)
 
     own = if this.distributed?, do: me, else: nil
-    diagnoser = Native.diagnoser_new(env, Keyword.get(opts, :nameservers), own)
+
+    diagnoser =
+      Native.diagnoser_new(Nameservers.environment(env), Keyword.get(opts, :nameservers), own)
+
     clusters = running_clusters()
     {configured, config_problems} = configured_clusters(opts, clusters)
 
@@ -105,7 +109,11 @@ defmodule DynamicSrv.Diagnosis do
 
     report = %{
       settings: settings,
-      node: Map.put(this, :nameservers_override, Keyword.get(opts, :nameservers)),
+      node:
+        Map.merge(this, %{
+          nameservers_override: Keyword.get(opts, :nameservers),
+          nameservers_source: nameservers_source
+        }),
       nameservers: nameservers,
       self_check: self_check,
       services: services,
@@ -817,7 +825,7 @@ defmodule DynamicSrv.Diagnosis do
       "  nameservers: #{report.nameservers || "none usable"}" <>
         if(this[:nameservers_override],
           do: " (given to this diagnosis instead of DYNAMIC_SRV_NAMESERVERS)",
-          else: ""
+          else: Nameservers.suffix(this[:nameservers_source])
         ),
       ""
     ]

@@ -5,7 +5,7 @@ defmodule DynamicSrv.Epmd do
       # rel/env.sh.eex, or the environment of `iex`/`elixir`
       export ELIXIR_ERL_OPTIONS="-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd"
       export ERL_DIST_PORT=24501                       # this node's listen port (Nomad: ${NOMAD_PORT_dist})
-      export DYNAMIC_SRV_NAMESERVERS=127.0.0.1:8600    # optional; default /etc/resolv.conf
+      export DYNAMIC_SRV_NAMESERVERS=127.0.0.1:8600    # optional; see DynamicSrv.Nameservers
 
   A node `node-a@my-svc.service.consul` is reached at the address and port of the SRV record
   `node-a.my-svc.service.consul` (the additional section's A/AAAA record of its target, or an
@@ -13,9 +13,12 @@ defmodule DynamicSrv.Epmd do
   trailing digits of the node name (`app-4370@host`), with `static` every node uses
   `ERL_DIST_PORT`; in both the address is the host's A/AAAA record.
 
-  The configuration is read when distribution starts. A bad value stops distribution with a
-  message naming the variable, its value and what is expected. See the README for every
-  variable.
+  The configuration is read when distribution starts. A bad value stops distribution with one
+  line on stderr naming the variable, its value and what is expected; when the VM's own boot
+  starts distribution (`-name`/`-sname`, a release) the VM then exits with status 1, without
+  supervisor reports or `erl_crash.dump`. See the README for every variable. Without
+  `DYNAMIC_SRV_NAMESERVERS` the DNS servers are those of OTP's inetrc, if it names any, else
+  `/etc/resolv.conf` (`DynamicSrv.Nameservers`).
 
   Answers are cached (at least `DYNAMIC_SRV_MIN_TTL_MS`, default 5000 ms, even for TTL 0
   records) and answered synchronously; a miss runs one lookup on the library's own thread,
@@ -115,7 +118,7 @@ defmodule DynamicSrv.Epmd do
   defp configure do
     with :ok <- Native.load(),
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
-         {:ok, engine} <- Native.configure(Native.environment()) do
+         {:ok, engine} <- Native.configure(DynamicSrv.Nameservers.environment()) do
       state = {engine, Native.lookup_timeout_ms(engine)}
       :persistent_term.put(@engine, state)
       {:ok, state}
@@ -194,15 +197,20 @@ defmodule DynamicSrv.Epmd do
       {:error, :internal_error, Exception.message(error)}
   end
 
-  # Printed on stderr as well as returned: at boot the return value ends up deep inside a
-  # "Kernel pid terminated" tuple that few people read to the end. Written straight to the
-  # emulator's stderr, synchronously and whole: OTP 27+ start `standard_error` before
-  # `net_sup` (OTP 25 after it), and a line sent through it at this point comes out after
-  # net_kernel's own `erlang:display_string/1` output, in the middle of its line, with
-  # non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1` writes UTF-8 on 25-29.
+  # The one line is written straight to the emulator's stderr, synchronously and whole: OTP 27+
+  # start `standard_error` before `net_sup` (OTP 25 after it), and a line sent through it at
+  # this point comes out after net_kernel's own `erlang:display_string/1` output, in the
+  # middle of its line, with non-Latin-1 characters escaped (`\x{FF14}`). `display_string/1`
+  # writes UTF-8 on 25-29.
+  #
+  # While the VM boots (`-name`/`-sname`, kernel starting net_sup) a refusal ends the VM right
+  # here with status 1 (see DynamicSrv.Epmd.Refusal): returning the error would bury the line
+  # under supervisor reports, "Kernel pid terminated" and an erl_crash.dump, and from
+  # listen_port_please/2 OTP has no error clause at all (`case_clause`). Once the VM runs
+  # (`Node.start/2`), the error is returned to the caller and the VM stays up.
   defp refuse(message) do
     line = "DynamicSrv.Epmd: distribution not started: " <> IO.chardata_to_string(message)
-    :erlang.display_string(String.to_charlist(line <> "\n"))
+    DynamicSrv.Epmd.Refusal.refuse(line)
     {:error, {:dynamic_srv, message}}
   end
 end

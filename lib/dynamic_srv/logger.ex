@@ -56,6 +56,18 @@ defmodule DynamicSrv.Logger do
     end
   end
 
+  defmacro log(level, message, metadata \\ []) do
+    quote do
+      require Elixir.Logger
+
+      Elixir.Logger.log(
+        unquote(level),
+        DynamicSrv.Logger.prefixed(unquote(message)),
+        unquote(metadata)
+      )
+    end
+  end
+
   @doc false
   defdelegate metadata(keyword), to: Elixir.Logger
 

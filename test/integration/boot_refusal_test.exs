@@ -203,31 +203,56 @@ defmodule DynamicSrv.Integration.BootRefusalTest do
   for {{description, name, env, erl_args, message}, index} <- @cases do
     @tag timeout: 60_000
     test "refuses to start distribution: #{description} (#{index})" do
-      {status, output} =
+      # Crash dumps allowed (ERL_CRASH_DUMP_SECONDS unset, as on a user's machine), in a
+      # working directory of its own, with stderr apart from stdout.
+      dir = fresh_dir(unquote(index))
+      stderr_file = Path.join(dir, "stderr")
+
+      {status, stdout} =
         Peer.boot_failure(
           unquote(name),
           Map.merge(
-            %{"DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()},
+            %{"DYNAMIC_SRV_NAMESERVERS" => dead_nameserver(), "ERL_CRASH_DUMP_SECONDS" => nil},
             unquote(Macro.escape(env))
           ),
-          erl_args: unquote(erl_args)
+          erl_args: unquote(erl_args),
+          cd: dir,
+          stderr_to: stderr_file
         )
+
+      stderr = File.read!(stderr_file)
+      output = "stdout:\n#{stdout}\nstderr:\n#{stderr}"
 
       assert is_integer(status) and status != 0,
              "expected a non-zero exit status, got #{inspect(status)}:\n#{output}"
 
       expected = @prefix <> unquote(message)
 
-      lines = String.split(output, "\n")
+      # Exactly one line, on stderr, whole (not inside another line: OTP 27+ start
+      # standard_error before net_sup, where output through it interleaves with net_kernel's)
+      # and valid UTF-8; nothing on stdout: no supervisor reports, no "Kernel pid terminated".
+      # (erlang:display_string/1 ends lines with "\r\n" on OTP 25.)
+      assert String.split(stderr, ~r/\r?\n/) == [expected, ""],
+             "expected exactly the line\n  #{expected}\non stderr, got:\n#{output}"
 
-      assert expected in lines,
-             "expected the line\n  #{expected}\nin the node's output:\n#{output}"
-
-      # Whole and once: not also inside another line (OTP 27+ start standard_error before
-      # net_sup, where output through it interleaves with net_kernel's), and valid UTF-8.
-      assert Enum.count(lines, &String.contains?(&1, @prefix)) == 1, output
-      assert String.valid?(output)
+      assert stdout == "", output
+      assert String.valid?(stderr)
+      refute File.exists?(Path.join(dir, "erl_crash.dump")), output
     end
+  end
+
+  # Only the VM's own boot (-name/-sname) is ended; Node.start/2 in a running VM gets the line
+  # and the error, as any other failed start.
+  test "Node.start/2 in a running VM gets the error and the VM stays up" do
+    peer =
+      Peer.start!("runtime@dyn.test", %{"DYNAMIC_SRV_NAMESERVERS" => dead_nameserver()},
+        dist: :none
+      )
+
+    on_exit(fn -> Peer.stop(peer) end)
+
+    assert {:error, _} = Peer.call(peer, Node, :start, [:"runtime@dyn.test", :longnames])
+    assert Peer.call(peer, Node, :self, []) == :nonode@nohost
   end
 
   describe "good configurations boot" do
@@ -303,6 +328,18 @@ defmodule DynamicSrv.Integration.BootRefusalTest do
     port = Ports.free()
     {:ok, socket} = :gen_tcp.listen(port, ip: {0, 0, 0, 0}, reuseaddr: true)
     {socket, port}
+  end
+
+  defp fresh_dir(index) do
+    dir =
+      Path.join(
+        System.tmp_dir!(),
+        "dsrv-boot-refusal-#{index}-#{System.unique_integer([:positive])}"
+      )
+
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    dir
   end
 
   defp dead_nameserver, do: "127.0.0.1:#{Peer.dead_port()}"

@@ -10,10 +10,15 @@ defmodule DynamicSrv.Test.Peer do
   @doc """
   Starts a node named `name` (e.g. `"n1@dyn.test"`) with the given environment. Every node
   gets `ERL_EPMD_PORT` pointing at a port where nothing listens, so any use of epmd fails.
-  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default), `:netns` (run the
+  Options: `:erl_args` (extra VM arguments), `:dist` (`"-name"`, default; `"-sname"`;
+  `:none` for a node that is not distributed), `:netns` (run the
   node inside a network namespace made by `DynamicSrv.Test.Netns`), `:epmd_config` (how the
   VM is told to use DynamicSrv.Epmd: `:flag`, the default, for `-epmd_module`; `:kernel` for
-  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`).
+  the kernel parameter `-kernel epmd_module "'Elixir.DynamicSrv.Epmd'"`; `:both`; `:none`
+  for the stock epmd module), `:start_epmd_false` (default `true`; `false` leaves out
+  `-start_epmd false`, so the VM starts an epmd daemon on `ERL_EPMD_PORT`), `:cd` (the
+  node's working directory), `:stderr_to` (a file that receives the node's stderr alone; the
+  output returned is then stdout only).
   """
   def start!(name, env, opts \\ []) do
     case start(name, env, opts) do
@@ -27,24 +32,29 @@ defmodule DynamicSrv.Test.Peer do
     erl = System.find_executable("erl") || raise "erl not found"
 
     args =
-      ["-noshell", "-start_epmd", "false"] ++
+      ["-noshell"] ++
+        if(Keyword.get(opts, :start_epmd_false, true), do: ["-start_epmd", "false"], else: []) ++
         epmd_config(Keyword.get(opts, :epmd_config, :flag)) ++
-        [Keyword.get(opts, :dist, "-name"), name, "-setcookie", @cookie] ++
+        dist_args(Keyword.get(opts, :dist, "-name"), name) ++
         Enum.flat_map(code_paths(), &["-pa", &1]) ++
         Keyword.get(opts, :erl_args, []) ++
         ["-s", "Elixir.DynamicSrv.Test.NodeAgent", "main"]
 
     {executable, args} = DynamicSrv.Test.Netns.wrap(Keyword.get(opts, :netns), erl, args)
+    {executable, args} = stderr_to(Keyword.get(opts, :stderr_to), executable, args)
 
     port =
-      Port.open({:spawn_executable, executable}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        {:line, 1_000_000},
-        args: args,
-        env: port_env(env)
-      ])
+      Port.open(
+        {:spawn_executable, executable},
+        [
+          :binary,
+          :exit_status,
+          :stderr_to_stdout,
+          {:line, 1_000_000},
+          args: args,
+          env: port_env(env)
+        ] ++ if(cd = Keyword.get(opts, :cd), do: [cd: cd], else: [])
+      )
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     peer = %__MODULE__{name: String.to_atom(name), os_pid: os_pid, port: port, env: env}
@@ -55,10 +65,23 @@ defmodule DynamicSrv.Test.Peer do
     end
   end
 
+  # `dist: :none` boots a node that is not distributed (`name` is then only a label).
+  defp dist_args(:none, _name), do: ["-setcookie", @cookie]
+  defp dist_args(flag, name), do: [flag, name, "-setcookie", @cookie]
+
+  # Through sh for the redirection; `exec` keeps the OS pid the port reports the node's.
+  defp stderr_to(nil, executable, args), do: {executable, args}
+
+  defp stderr_to(file, executable, args) do
+    quoted = "'" <> String.replace(file, "'", ~S('\'')) <> "'"
+    {"/bin/sh", ["-c", ~s(exec "$0" "$@" 2>) <> quoted, executable | args]}
+  end
+
   # Arguments go to the VM as they are (no shell): the inner quotes are part of the value.
   defp epmd_config(:flag), do: ["-epmd_module", "Elixir.DynamicSrv.Epmd"]
   defp epmd_config(:kernel), do: ["-kernel", "epmd_module", "'Elixir.DynamicSrv.Epmd'"]
   defp epmd_config(:both), do: epmd_config(:flag) ++ epmd_config(:kernel)
+  defp epmd_config(:none), do: []
 
   @doc "Boots a node expected to refuse to start; returns `{exit_status, output}`."
   def boot_failure(name, env, opts \\ []) do
@@ -153,7 +176,7 @@ defmodule DynamicSrv.Test.Peer do
 
     set =
       for {k, v} <- Map.merge(defaults, env),
-          do: {String.to_charlist(k), v && String.to_charlist(v)}
+          do: {String.to_charlist(k), if(v, do: String.to_charlist(v), else: false)}
 
     cleared ++ set
   end
