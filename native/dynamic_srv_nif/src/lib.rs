@@ -208,20 +208,7 @@ fn topology_new<'a>(
     } else {
         return Err(Error::BadArg);
     };
-    let basename = || basename.clone().unwrap_or_default();
-    let naming = if naming == atoms::service_prefix() {
-        NodeNaming::ServicePrefix
-    } else if naming == atoms::basename_port() {
-        NodeNaming::BasenamePort(basename())
-    } else if naming == atoms::basename() {
-        NodeNaming::Basename(basename())
-    } else if naming == atoms::basename_ip() {
-        NodeNaming::BasenameIp(basename())
-    } else if naming == atoms::basename_port_ip() {
-        NodeNaming::BasenamePortIp(basename())
-    } else {
-        return Err(Error::BadArg);
-    };
+    let naming = decode_naming((naming, basename))?;
     let build = || -> Result<ResourceArc<TopologyResource>, String> {
         let mut config =
             Config::discovery_from_env(|var| vars.get(var).cloned()).map_err(|e| e.to_string())?;
