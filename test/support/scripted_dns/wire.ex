@@ -20,6 +20,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
           | {:a, name(), :inet.ip4_address()}
           | {:aaaa, name(), :inet.ip6_address()}
           | {:txt, name(), [binary()]}
+          | {:cname, name(), name()}
           | {:soa, name(), mname :: name(), rname :: name(), serial :: non_neg_integer(),
              refresh :: non_neg_integer(), retry :: non_neg_integer(),
              expire :: non_neg_integer(), minimum :: non_neg_integer()}
@@ -36,7 +37,7 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
           edns: boolean()
         }
 
-  @types %{1 => :a, 16 => :txt, 6 => :soa, 28 => :aaaa, 33 => :srv}
+  @types %{1 => :a, 5 => :cname, 16 => :txt, 6 => :soa, 28 => :aaaa, 33 => :srv}
   @rcodes %{noerror: 0, servfail: 2, nxdomain: 3, refused: 5}
 
   @doc "The record type atom of a query type number (`:other` for any type not served here)."
@@ -166,6 +167,13 @@ defmodule DynamicSrv.Test.ScriptedDns.Wire do
     {owner, offsets} = encode_name(labels(name), offset, offsets)
     words = for w <- Tuple.to_list(ip), into: <<>>, do: <<w::16>>
     {[owner, <<28::16, 1::16, ttl::32, 16::16>>, words], offsets}
+  end
+
+  # A CNAME's target written uncompressed (review tests: CNAME chains and loops).
+  defp encode_record({:cname, name, target}, offset, offsets, ttl) do
+    {owner, offsets} = encode_name(labels(name), offset, offsets)
+    rdata = encode_uncompressed(labels(target))
+    {[owner, <<5::16, 1::16, ttl::32, byte_size(rdata)::16>>, rdata], offsets}
   end
 
   defp encode_record({:txt, name, strings}, offset, offsets, ttl) do
