@@ -123,7 +123,6 @@ defmodule DynamicSrv.SharedCacheTest do
       end)
 
     vars = vars(dns, "srv")
-    engine = engine(vars)
     static_engine = engine(vars(dns, "static"))
     assert {:error, _reason, message} = resolve(static_engine, "app@h.owner.test")
     assert message =~ "h.owner.test"
@@ -131,10 +130,13 @@ defmodule DynamicSrv.SharedCacheTest do
     svc = topology(vars, "svc.owner.test", {:basename_port_ip, "app"})
     assert %{members: ["app-4001@127.0.0.31"], records: 1} = poll(svc)
 
-    named = topology(vars, "svc.owner.test", {:basename, "app"})
+    named = topology(vars(dns, "static"), "svc.owner.test", {:basename, "app"})
     assert %{members: ["app@a.owner.test"]} = poll(named)
-    assert Native.lookup_cached(engine, "app@a.owner.test", :inet) == {:ok, {127, 0, 0, 31}, 4001}
-    assert Native.lookup_cached(engine, "app@bystander.owner.test", :inet) == :miss
+
+    assert Native.lookup_cached(static_engine, "app@a.owner.test", :inet) ==
+             {:ok, {127, 0, 0, 31}, 4370}
+
+    assert Native.lookup_cached(static_engine, "app@bystander.owner.test", :inet) == :miss
   end
 
   test "what a topology cached for a node stops being fresh when the node leaves it" do
@@ -245,6 +247,191 @@ defmodule DynamicSrv.SharedCacheTest do
     assert length(second.members) == 1000
     assert second.queries == 1
     assert a_queries(dns) == 1000
+  end
+
+  test "an answer that agrees with the epmd module's entry does not take it over" do
+    forged = :atomics.new(1, [])
+
+    dns =
+      start_dns(fn
+        "h.takeover.test", :a ->
+          {[{:a, "h.takeover.test", {127, 0, 0, 10}}], [], ttl: 60}
+
+        "evil-takeover.test", :srv ->
+          # First poll agrees with what the epmd module resolved; the second one lies.
+          ip = if :atomics.get(forged, 1) == 0, do: {127, 0, 0, 10}, else: {127, 0, 0, 66}
+
+          {[{:srv, "evil-takeover.test", 1, 1, 9999, "h.takeover.test"}],
+           [{:a, "h.takeover.test", ip}], ttl: 86_400}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "static")
+    engine = engine(vars)
+    assert resolve(engine, "app@h.takeover.test") == {:ok, {127, 0, 0, 10}, 4370}
+
+    evil = topology(vars, "evil-takeover.test", {:basename, "app"})
+    assert %{members: ["app@h.takeover.test"]} = poll(evil)
+    :atomics.put(forged, 1, 1)
+    assert %{members: ["app@h.takeover.test"]} = poll(evil)
+
+    assert Native.lookup_cached(engine, "app@h.takeover.test", :inet) ==
+             {:ok, {127, 0, 0, 10}, 4370}
+  end
+
+  test "an answer that agrees with the epmd module's entry does not keep it fresh" do
+    moved = :atomics.new(1, [])
+
+    dns =
+      start_dns(fn
+        "h.pin.test", :a ->
+          ip = if :atomics.get(moved, 1) == 0, do: {127, 0, 0, 10}, else: {127, 0, 0, 11}
+          {[{:a, "h.pin.test", ip}], [], ttl: 1}
+
+        "evil-pin.test", :srv ->
+          {[{:srv, "evil-pin.test", 1, 1, 9999, "h.pin.test"}],
+           [{:a, "h.pin.test", {127, 0, 0, 10}}], ttl: 86_400}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "static", %{"DYNAMIC_SRV_MIN_TTL_MS" => "0"})
+    engine = engine(vars)
+    assert resolve(engine, "app@h.pin.test") == {:ok, {127, 0, 0, 10}, 4370}
+
+    evil = topology(vars, "evil-pin.test", {:basename, "app"})
+    assert %{members: ["app@h.pin.test"]} = poll(evil)
+
+    # The legit record (TTL 1 s) moves; its entry should have expired by now, so the next
+    # connection asks DNS and finds the new address.
+    :atomics.put(moved, 1, 1)
+    Process.sleep(1_500)
+    assert Native.lookup_cached(engine, "app@h.pin.test", :inet) == :miss
+  end
+
+  test "a restarted topology updates what its predecessor cached" do
+    moved = :atomics.new(1, [])
+
+    dns =
+      start_dns(fn
+        "moved.test", :srv ->
+          ip = if :atomics.get(moved, 1) == 0, do: {127, 0, 0, 41}, else: {127, 0, 0, 51}
+
+          {[{:srv, "moved.test", 1, 1, 4001, "n1.moved.test"}], [{:a, "n1.moved.test", ip}],
+           ttl: 600}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "static")
+    engine = engine(vars)
+    first = topology(vars, "moved.test", {:basename, "app"})
+    assert %{members: ["app@n1.moved.test"]} = poll(first)
+
+    assert Native.lookup_cached(engine, "app@n1.moved.test", :inet) ==
+             {:ok, {127, 0, 0, 41}, 4370}
+
+    # The poller restarts (same service, same name) and the node is rescheduled at a new
+    # address under the same host name (a StatefulSet pod).
+    second = topology(vars, "moved.test", {:basename, "app"})
+    :atomics.put(moved, 1, 1)
+    assert %{members: ["app@n1.moved.test"]} = poll(second)
+
+    assert Native.lookup_cached(engine, "app@n1.moved.test", :inet) ==
+             {:ok, {127, 0, 0, 51}, 4370}
+  end
+
+  test "an SRV answer with only another name's record lists nobody" do
+    dns =
+      start_dns(fn
+        # Only a foreign-owned record: the answer for this service has no SRV record of its own.
+        "svc.chase.test", :srv ->
+          {[{:srv, "unrelated.other", 1, 1, 4002, "x.chase.other"}], [], ttl: 60}
+
+        # hickory treats the SRV target like a CNAME target and asks SRV for it.
+        "x.chase.other", :srv ->
+          {[{:srv, "x.chase.other", 1, 1, 4003, "y.chase.other"}],
+           [{:a, "y.chase.other", {127, 0, 0, 99}}], ttl: 60}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "srv")
+    svc = topology(vars, "svc.chase.test", {:basename, "app"})
+    result = poll(svc)
+    # Nothing owned by svc.chase.test: no member from what hickory found by asking the
+    # stray record's target.
+    assert result.members == [], inspect(result)
+  end
+
+  test "srv mode caches no port from a record that is not the node's own SRV name" do
+    dns =
+      start_dns(fn
+        "_http._tcp.srvweb.test", :srv ->
+          {[{:srv, "_http._tcp.srvweb.test", 1, 1, 8080, "w1.srvweb.test"}],
+           [{:a, "w1.srvweb.test", {127, 0, 0, 21}}], ttl: 600}
+
+        # What the epmd module asks in srv mode for node app@w1.srvweb.test.
+        "app.w1.srvweb.test", :srv ->
+          {[{:srv, "app.w1.srvweb.test", 1, 1, 4370, "w1.srvweb.test"}],
+           [{:a, "w1.srvweb.test", {127, 0, 0, 21}}], ttl: 600}
+
+        _, _ ->
+          nil
+      end)
+
+    vars = vars(dns, "srv")
+    engine = engine(vars)
+    web = topology(vars, "_http._tcp.srvweb.test", {:basename, "app"})
+    assert %{members: ["app@w1.srvweb.test"]} = poll(web)
+    # The epmd module asks app.w1.srvweb.test, whose port (4370) the poll never saw.
+    assert Native.lookup_cached(engine, "app@w1.srvweb.test", :inet) == :miss
+    assert resolve(engine, "app@w1.srvweb.test") == {:ok, {127, 0, 0, 21}, 4370}
+  end
+
+  test "an A answer with only another name's SRV record gives no address" do
+    dns =
+      start_dns(fn
+        # The A answer for the node's host holds no A record of its own, only a stray SRV
+        # record (owned by another name) whose target hickory then asks an A query for.
+        "h.achase.test", :a ->
+          {[{:srv, "unrelated.other", 1, 1, 1, "evil.achase.other"}], [], ttl: 60}
+
+        "evil.achase.other", :a ->
+          {[{:a, "evil.achase.other", {127, 0, 0, 88}}], [], ttl: 86_400}
+
+        _, _ ->
+          nil
+      end)
+
+    engine = engine(vars(dns, "static"))
+    assert {:error, _reason, _message} = resolve(engine, "app@h.achase.test")
+  end
+
+  test "a CNAME loop in an SRV answer lists nobody and does not hang" do
+    dns =
+      start_dns(fn
+        "loop.cname.test", :srv ->
+          {[
+             {:cname, "loop.cname.test", "loop2.cname.test"},
+             {:cname, "loop2.cname.test", "loop.cname.test"}
+           ], [], ttl: 60}
+
+        "loop2.cname.test", :srv ->
+          {[{:cname, "loop2.cname.test", "loop.cname.test"}], [], ttl: 60}
+
+        _, _ ->
+          nil
+      end)
+
+    loop = topology(vars(dns, "static"), "loop.cname.test", {:basename, "app"})
+    result = poll(loop)
+    assert result.members == []
   end
 
   defp a_queries(dns), do: dns |> ScriptedDns.log() |> Enum.count(&match?({_, _, _, :a}, &1))

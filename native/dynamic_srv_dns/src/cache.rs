@@ -230,10 +230,11 @@ impl Cache {
         self.write(key, family, endpoint, Source::Lookup, hold, max_stale, now);
     }
 
-    /// Stores an address a topology derived for a node it lists. It never replaces an
-    /// entry another source wrote for a different endpoint while that entry may still be
-    /// served: an answer for one service must not redirect connections to a node that was
-    /// resolved on its own, or that another topology lists. Returns true if it was stored.
+    /// Stores an address a topology derived for a node it lists. It never touches an entry
+    /// another source wrote while that entry may still be served (fresh, or within its stale
+    /// window): an answer for one service must not redirect, nor keep alive, the address of a
+    /// node that was resolved on its own or that another topology lists. Returns true if it
+    /// was stored.
     #[allow(clippy::too_many_arguments)]
     pub fn offer(
         &self,
@@ -275,12 +276,25 @@ impl Cache {
     ) -> bool {
         let map_key = (key.to_string(), family);
         // Decided under the shared lock first: an answer that is turned away (a name another
-        // source holds, a full cache) must not make cache hits wait on the exclusive one.
-        if self.turned_away(&self.read(), &map_key, endpoint, source, now) {
-            return false;
+        // source holds, a full cache), or one that would only extend an entry that is still
+        // fresh for half of this answer's hold, must not make cache hits wait on the
+        // exclusive lock. (A topology offers every member on every poll.)
+        {
+            let entries = self.read();
+            if self.turned_away(&entries, &map_key, source, now) {
+                return false;
+            }
+            if entries.by_key.get(&map_key).is_some_and(|held| {
+                held.source == source
+                    && held.endpoint == endpoint
+                    && held.failed_at.is_none()
+                    && held.fresh_until >= now + hold / 2
+            }) {
+                return true;
+            }
         }
         let mut entries = self.write_lock();
-        if self.turned_away(&entries, &map_key, endpoint, source, now) {
+        if self.turned_away(&entries, &map_key, source, now) {
             return false;
         }
         // A full cache still refreshes the entries it holds: only new names are turned away.
@@ -305,19 +319,14 @@ impl Cache {
         true
     }
 
-    /// True if this answer must not be stored: a topology's answer would redirect a node
-    /// another source wrote, or the cache is full, the name new, and no entry dead.
-    fn turned_away(
-        &self,
-        entries: &Entries,
-        key: &Key,
-        endpoint: SocketAddr,
-        source: Source,
-        now: Instant,
-    ) -> bool {
+    /// True if this answer must not be stored: a topology's answer for a node another source
+    /// wrote, or the cache is full, the name new, and no entry dead.
+    fn turned_away(&self, entries: &Entries, key: &Key, source: Source, now: Instant) -> bool {
         let held = entries.by_key.get(key);
         if let (Source::Topology(_), Some(held)) = (source, held) {
-            if held.source != source && held.endpoint != endpoint && now < held.stale_until {
+            // Not even an answer that agrees: it would make the entry this topology's (the
+            // next answer could then move it) and keep it fresh for this answer's TTL.
+            if held.source != source && now < held.stale_until {
                 return true;
             }
         }
@@ -663,19 +672,26 @@ mod tests {
             SEC,
             t0 + 2 * SEC
         ));
-        assert_eq!(
-            cache
-                .entry("app@h.legit.test", Family::Inet)
-                .unwrap()
-                .endpoint,
-            addr(4370)
-        );
-        // Nor may another topology's entry be redirected.
+        // An answer that agrees is refused too: taking the entry over (and keeping it fresh
+        // for its own TTL) would let the next answer move it.
+        assert!(!cache.offer(
+            7,
+            "app@h.legit.test",
+            Family::Inet,
+            addr(4370),
+            86_400 * SEC,
+            SEC,
+            t0
+        ));
+        let held = cache.entry("app@h.legit.test", Family::Inet).unwrap();
+        assert_eq!((held.endpoint, held.source), (addr(4370), Source::Lookup));
+        assert_eq!(held.fresh_until, t0 + SEC);
+        // Nor may another topology's entry be redirected; its own entries a topology
+        // updates freely.
         cache.offer(1, "b@h", Family::Inet, addr(1), SEC, SEC, t0);
         assert!(!cache.offer(2, "b@h", Family::Inet, addr(2), SEC, SEC, t0));
-        // Agreeing with the entry refreshes it; its own entries a topology updates freely.
-        assert!(cache.offer(2, "b@h", Family::Inet, addr(1), SEC, SEC, t0));
-        assert!(cache.offer(2, "b@h", Family::Inet, addr(3), SEC, SEC, t0));
+        assert!(!cache.offer(2, "b@h", Family::Inet, addr(1), SEC, SEC, t0));
+        assert!(cache.offer(1, "b@h", Family::Inet, addr(3), SEC, SEC, t0));
         // The node's own lookup always wins: it asked for exactly this name.
         cache.insert("b@h", Family::Inet, addr(4), SEC, SEC, t0);
         assert_eq!(
@@ -740,5 +756,25 @@ mod tests {
         assert_eq!(snapshot.entries.len(), MAX_SNAPSHOT);
         assert_eq!(snapshot.total, MAX_SNAPSHOT + 10);
         assert_eq!(snapshot.entries[0].node, "n00000@h");
+    }
+
+    #[test]
+    fn an_answer_that_changes_nothing_is_not_written_until_half_its_hold_is_gone() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        cache.offer(1, "a@h", Family::Inet, addr(1), 10 * SEC, SEC, t0);
+        cache.offer(1, "a@h", Family::Inet, addr(1), 10 * SEC, SEC, t0 + 4 * SEC);
+        assert_eq!(
+            cache.entry("a@h", Family::Inet).unwrap().fresh_until,
+            t0 + 10 * SEC
+        );
+        cache.offer(1, "a@h", Family::Inet, addr(1), 10 * SEC, SEC, t0 + 6 * SEC);
+        assert_eq!(
+            cache.entry("a@h", Family::Inet).unwrap().fresh_until,
+            t0 + 16 * SEC
+        );
+        // A new address is written at once.
+        cache.offer(1, "a@h", Family::Inet, addr(2), 10 * SEC, SEC, t0 + 7 * SEC);
+        assert_eq!(cache.entry("a@h", Family::Inet).unwrap().endpoint, addr(2));
     }
 }

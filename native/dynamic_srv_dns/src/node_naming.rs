@@ -7,7 +7,7 @@ use crate::naming::validate_dns_name;
 /// Atoms hold at most 255 characters; a longer node name could not even be created.
 const MAX_NODE_NAME_LEN: usize = 255;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NodeNaming {
     /// The original library's convention: target `node-a.my-svc.service.consul` under service
     /// `my-svc.service.consul` is node `node-a@my-svc.service.consul`.

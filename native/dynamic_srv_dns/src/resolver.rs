@@ -245,7 +245,7 @@ impl Dns {
             size: Some(AnswerSize::of(lookup.message(), self.transport)),
             ..SrvAnswer::default()
         };
-        let owners = owners(&lookup);
+        let owners = owners(name, &lookup);
         for record in lookup.answers() {
             if !owners.contains(&dotless_lowercase(&record.name)) {
                 continue;
@@ -332,7 +332,7 @@ impl Dns {
             .lookup(host, record_type)
             .await
             .map_err(|e| map_error(host, label, e))?;
-        let owners = owners(&lookup);
+        let owners = owners(host, &lookup);
         let addresses: Vec<_> = lookup
             .answers()
             .iter()
@@ -396,11 +396,22 @@ fn tcp_only(config: ResolverConfig) -> ResolverConfig {
     ResolverConfig::from_parts(domain, search, servers)
 }
 
-/// The names whose records answer the query of `lookup`: the name asked and the CNAME
-/// targets chained from it within the answer. A record owned by any other name is not an
-/// answer to this query, whatever section the server put it in.
-fn owners(lookup: &Lookup) -> HashSet<String> {
-    let mut owners = HashSet::from([dotless_lowercase(lookup.query().name())]);
+/// The names whose records answer the question `asked`: that name and the CNAME targets
+/// chained from it within the answer. A record owned by any other name is not an answer,
+/// whatever section the server put it in. Not the name hickory last queried: an answer that
+/// holds only an SRV record of another name makes hickory ask that record's target, and
+/// the records of that second answer are not about `asked`.
+fn owners(asked: &str, lookup: &Lookup) -> HashSet<String> {
+    let asked = without_root(asked).to_ascii_lowercase();
+    let queried = dotless_lowercase(lookup.query().name());
+    // A single-label name goes through resolv.conf's search list: the answer is for the
+    // name with a search domain appended.
+    let start = if !asked.contains('.') && queried.starts_with(&format!("{asked}.")) {
+        queried
+    } else {
+        asked
+    };
+    let mut owners = HashSet::from([start]);
     // Each pass follows the chain one link further; a loop or a long chain just stops.
     for _ in 0..MAX_CNAME_CHAIN {
         let before = owners.len();

@@ -2,8 +2,8 @@
 //! filling that lets the epmd module connect without another query, and the membership.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,6 @@ pub const DEFAULT_MAX_NODES: usize = 1024;
 /// thousand targets without addresses must not open a thousand sockets at once.
 pub const TARGET_LOOKUPS_IN_FLIGHT: usize = 8;
 
-/// Gives each topology its own name as a writer of the shared address cache.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyConfig {
     pub service: String,
@@ -40,6 +37,15 @@ pub struct TopologyConfig {
 }
 
 impl TopologyConfig {
+    /// This topology as a writer of the shared address cache (`cache::Source`): the same
+    /// for every start of the same service and naming, so a restarted poller updates what
+    /// its predecessor cached instead of being locked out of it.
+    pub fn cache_id(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        (self.service.to_ascii_lowercase(), &self.naming, self.family).hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         validate_dns_name(&self.service).map_err(|e| format!("service: {e}"))?;
         self.naming.validate()?;
@@ -85,7 +91,7 @@ impl Topology {
     pub fn new(config: TopologyConfig, engine: Arc<Engine>) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: config.cache_id(),
             target_addresses: Mutex::new(HashMap::new()),
             membership: Mutex::new(Membership::new(config.max_nodes, config.removal_delay)),
             warned_partial: Mutex::new(false),
@@ -145,9 +151,10 @@ impl Topology {
     /// For a naming that puts the target's address in the node name: finds the addresses
     /// the additional section lacks (Consul leaves them out for a service registered under
     /// a host name it cannot resolve), from an earlier poll while fresh, else by asking,
-    /// `TARGET_LOOKUPS_IN_FLIGHT` at a time. A target that has no address stays unmapped; a
-    /// failed lookup fails the whole poll, so a DNS problem never makes a node look
-    /// deregistered. Returns how many lookups it started.
+    /// `TARGET_LOOKUPS_IN_FLIGHT` at a time, all within one lookup timeout. A target that has
+    /// no address (or none in time) stays unmapped and makes the answer partial; a failed
+    /// lookup fails the whole poll, so a DNS problem never makes a node look deregistered.
+    /// Returns how many lookups it started.
     async fn complete_addresses(&self, answer: &mut SrvAnswer) -> (usize, Result<(), LookupError>) {
         if !self.config.naming.needs_target_address() {
             return (0, Ok(()));
@@ -182,6 +189,10 @@ impl Topology {
         let mut to_ask = to_ask.into_iter();
         let mut started = 0;
         let mut lookups = JoinSet::new();
+        // The whole phase within one lookup budget: past it, the targets not yet found stay
+        // without an address, which makes the answer partial (nobody is removed) instead of
+        // holding the poll for targets / 8 lookups.
+        let deadline = tokio::time::Instant::now() + self.engine.config().lookup_timeout;
         loop {
             while lookups.len() < TARGET_LOOKUPS_IN_FLIGHT {
                 let Some(target) = to_ask.next() else { break };
@@ -194,21 +205,25 @@ impl Topology {
                     (target, found)
                 });
             }
-            let Some(joined) = lookups.join_next().await else {
+            let Ok(Some(joined)) = tokio::time::timeout_at(deadline, lookups.join_next()).await
+            else {
                 break;
             };
             let Ok((target, found)) = joined else {
                 continue;
             };
-            let addresses = match found {
+            let mut addresses = match found {
                 Ok(addresses) => addresses,
                 // Remembered too, so a target without an address is not asked every poll.
                 Err(error) if error.is_authoritative_absence() => Vec::new(),
                 // Dropping the set cancels the lookups still running.
                 Err(error) => return (started, Err(error)),
             };
+            // Only the first is ever used (`SrvAnswer::address_of`): a target with thousands
+            // of A records must not keep them all.
+            addresses.truncate(1);
             let min_ttl = self.engine.config().min_ttl;
-            let ttl = addresses.iter().map(|(_, ttl)| *ttl).min().unwrap_or(0);
+            let ttl = addresses.first().map_or(0, |(_, ttl)| *ttl);
             self.targets().insert(
                 target.clone(),
                 TargetAddresses {
@@ -272,8 +287,9 @@ impl Topology {
                 let family = self.config.family.label();
                 (
                     format!(
-                        "{} SRV targets have no {family} address in the answer or in DNS \
-                         (e.g. {first}), so their nodes cannot be named",
+                        "{} SRV targets have no {family} address in the answer, and DNS gave \
+                         none within the lookup timeout (e.g. {first}), so their nodes cannot \
+                         be named",
                         no_address.len(),
                     ),
                     format!(
@@ -411,15 +427,23 @@ impl Topology {
     }
 
     /// Caches where a listed node is, so the epmd module connects without a query of its
-    /// own: the target's address, and the port the epmd module would use for that node (the
-    /// SRV port only in `srv` mode; `static` and `name` modes never take it from SRV).
+    /// own: the target's address, and the port the epmd module would use for that node (in
+    /// `srv` mode the port of a record named as the node's own SRV name; `static` and `name`
+    /// modes never take it from SRV).
     fn remember_address(&self, node: &str, record: &SrvRecord, answer: &SrvAnswer, now: Instant) {
         let Ok(parsed) = NodeName::parse(node) else {
             return;
         };
         let config = self.engine.config();
         let port = match config.port_mode {
-            PortMode::Srv => record.port,
+            // The epmd module asks the SRV record `name.host`: only a record of that name
+            // (the `service_prefix` naming) has the port it would find.
+            PortMode::Srv => match parsed.srv_name() {
+                Ok(own) if own.eq_ignore_ascii_case(record.target.trim_end_matches('.')) => {
+                    record.port
+                }
+                _ => return,
+            },
             PortMode::Static => match config.dist_port {
                 Some(port) => port,
                 None => return,
