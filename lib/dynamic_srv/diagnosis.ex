@@ -132,7 +132,10 @@ defmodule DynamicSrv.Diagnosis do
               config_problems ++
               vm_problems(vm_facts()) ++
               node_problems(this) ++
-              dns_problems ++ probe_problems(report) ++ membership_problems(report)
+              dns_problems ++
+              service_name_problems(opts) ++
+              nothing_checked(report, diagnoser) ++
+              probe_problems(report) ++ membership_problems(report)
           )
     }
   end
@@ -299,7 +302,8 @@ defmodule DynamicSrv.Diagnosis do
 
     asked =
       for service <- Enum.uniq(List.wrap(Keyword.get(opts, :services, []))),
-          service not in known do
+          service not in known,
+          dns_name?(service) do
         Map.merge(
           %{service: service, source: "asked for", members: nil, naming: naming},
           members_probe({:ok, diagnoser}, naming, :inet, service)
@@ -577,6 +581,44 @@ defmodule DynamicSrv.Diagnosis do
 
     ignored_parameter ++ both ++ daemon
   end
+
+  # A name that cannot be asked is the caller's mistake, not the DNS server's.
+  defp service_name_problems(opts) do
+    for service <- List.wrap(Keyword.get(opts, :services, [])), not dns_name?(service) do
+      %{
+        what: "--service #{inspect(service)} is not a DNS name, so it was not asked",
+        fix:
+          "give the SRV name the topology polls, e.g. --service my-app.service.consul " <>
+            "(labels of letters, digits, '-' and '_', separated by dots)"
+      }
+    end
+  end
+
+  defp dns_name?(name) when is_binary(name) and byte_size(name) in 1..253 do
+    name
+    |> String.trim_trailing(".")
+    |> String.split(".")
+    |> Enum.all?(&Regex.match?(~r/\A[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\z/, &1))
+  end
+
+  defp dns_name?(_name), do: false
+
+  # "No problems found" must not stand for "nothing was looked at" (a deploy gate would pass).
+  defp nothing_checked(%{services: [], peers: []}, {:ok, _diagnoser}) do
+    [
+      %{
+        what:
+          "no service was checked: no DynamicSrv.Cluster or libcluster topology runs on this " <>
+            "node or is declared in the application's config, no --service was given, and " <>
+            "no peer is connected",
+        fix:
+          "pass --service NAME (and --naming KIND:BASENAME, e.g. basename_port_ip:app), or " <>
+            "run the doctor in the project whose config declares the topologies"
+      }
+    ]
+  end
+
+  defp nothing_checked(_report, _diagnoser), do: []
 
   defp probe_problems(report) do
     self_problems =

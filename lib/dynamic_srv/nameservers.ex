@@ -143,11 +143,33 @@ defmodule DynamicSrv.Nameservers do
   defp chunk_dot({:dot, _} = dot, acc), do: {:cont, Enum.reverse([dot | acc]), []}
   defp chunk_dot(token, acc), do: {:cont, [token | acc]}
 
-  # The file's nameservers in order, then its alternative ones.
+  # The file's nameservers in order, then those of a resolv.conf-format file it names
+  # (`{resolv_conf, F}`, `{file, resolv, F}`), then its alternative ones.
   defp servers(terms) do
     primary = for term <- terms, s = entry(term, :nameserver), s != nil, do: s
+    resolv = for term <- terms, file = resolv_file(term), s <- resolv_servers(file), do: s
     alt = for term <- terms, s = entry(term, :alt_nameserver), s != nil, do: s
-    Enum.uniq(primary ++ alt)
+    Enum.uniq(primary ++ resolv ++ alt)
+  end
+
+  defp resolv_file({:resolv_conf, file}) when is_list(file) or is_binary(file), do: file
+  defp resolv_file({:file, :resolv, file}) when is_list(file) or is_binary(file), do: file
+  defp resolv_file(_term), do: nil
+
+  # `nameserver IP` lines, as OTP's inet_parse reads a resolv.conf (port 53).
+  defp resolv_servers(file) do
+    case :erl_prim_loader.get_file(to_charlist(file)) do
+      {:ok, binary, _full_name} ->
+        for line <- String.split(binary, "\n"),
+            ["nameserver", address | _] <- [String.split(line)],
+            {:ok, ip} <- [:inet.parse_strict_address(to_charlist(address))],
+            s = server(ip, 53),
+            s != nil,
+            do: s
+
+      :error ->
+        []
+    end
   end
 
   defp entry({kind, ip}, kind), do: server(ip, 53)

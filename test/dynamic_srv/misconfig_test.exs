@@ -13,8 +13,12 @@ defmodule DynamicSrv.Cluster.MisconfigTest do
     assert {m, :none} = Misconfig.absent(m, true, @repeat + 1)
     assert {m, :listed_again} = Misconfig.absent(m, false, @repeat + 2)
     assert {m, :none} = Misconfig.absent(m, false, @repeat + 3)
-    # Absent again: a fresh warning at once.
-    assert {_m, :warn} = Misconfig.absent(m, true, @repeat + 4)
+    # Absent again soon after: a service that flaps is warned about once per repeat, not on
+    # every other poll, and "listed again" follows only a warning.
+    assert {m, :none} = Misconfig.absent(m, true, @repeat + 4)
+    assert {m, :none} = Misconfig.absent(m, false, @repeat + 5)
+    assert {m, :warn} = Misconfig.absent(m, true, 2 * @repeat)
+    assert {_m, :listed_again} = Misconfig.absent(m, false, 2 * @repeat + 1)
     assert @repeat == 5 * 60_000
   end
 

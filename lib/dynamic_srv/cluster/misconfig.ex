@@ -17,16 +17,23 @@ defmodule DynamicSrv.Cluster.Misconfig do
   # Also: `service: :ignore` or `service: nil` disables a topology with one info line
   # (dns_cluster's idiom for switching clustering off in dev).
 
-  alias DynamicSrv.{Nameservers, Native}
+  alias DynamicSrv.Nameservers
 
   require Logger
 
   @absent_repeat_ms 5 * 60_000
   @repeated "(Repeated every #{div(@absent_repeat_ms, 60_000)} min while it lasts.)"
 
-  defstruct node_warned: [], absent_warned_at: nil
+  defstruct node_warned: [], absent_warned_at: nil, absent_announced?: false
 
-  @type t :: %__MODULE__{node_warned: [atom()], absent_warned_at: integer() | nil}
+  # absent_warned_at: when the last absence warning was logged (kept while the service
+  # flaps, so the warning stays at one per absent_repeat_ms); absent_announced?: a warning
+  # was logged and no "listed again" line has followed it yet.
+  @type t :: %__MODULE__{
+          node_warned: [atom()],
+          absent_warned_at: integer() | nil,
+          absent_announced?: boolean()
+        }
   @type line :: {:warning | :info, String.t()}
 
   @spec new() :: t()
@@ -58,8 +65,8 @@ defmodule DynamicSrv.Cluster.Misconfig do
 
   @doc """
   What a poll shows about this node and the service: the new state and the lines to log.
-  Asks DNS again (once, bounded) only when it is about to warn about an absent service, to
-  name the kind of absence and the fix.
+  The poll itself says whether DNS called the service absent, which kind, and which servers
+  answered: no query is made here.
   """
   @spec check(t(), map(), map(), integer()) :: {t(), [line()]}
   def check(state, poll, options, now \\ System.monotonic_time(:millisecond)) do
@@ -68,7 +75,7 @@ defmodule DynamicSrv.Cluster.Misconfig do
 
     service_lines =
       case absent do
-        :warn -> List.wrap(absent_warning(options))
+        :warn -> [absent_warning(options, poll.absent)]
         :listed_again -> [{:info, "#{options.service} is listed in DNS again"}]
         :none -> []
       end
@@ -162,61 +169,37 @@ defmodule DynamicSrv.Cluster.Misconfig do
 
   # DNS answered, with no record: NXDOMAIN and NODATA reach here as an empty answer (a
   # failed poll is an outage, logged as such). A custom resolver is not DNS.
-  defp absent?(poll, options),
-    do: options.resolver == nil and poll.failed == false and poll.records == 0
+  defp absent?(poll, options), do: options.resolver == nil and is_map(Map.get(poll, :absent))
 
   @doc false
-  # The pure part of check/4: whether to warn about an absent service now.
   @spec absent(t(), boolean(), integer()) :: {t(), :warn | :listed_again | :none}
-  def absent(%{absent_warned_at: nil} = state, true, now),
-    do: {%{state | absent_warned_at: now}, :warn}
+  def absent(state, true, now) do
+    if state.absent_warned_at == nil or now - state.absent_warned_at >= @absent_repeat_ms,
+      do: {%{state | absent_warned_at: now, absent_announced?: true}, :warn},
+      else: {state, :none}
+  end
 
-  def absent(%{absent_warned_at: at} = state, true, now) when now - at >= @absent_repeat_ms,
-    do: {%{state | absent_warned_at: now}, :warn}
+  def absent(%{absent_announced?: true} = state, false, _now),
+    do: {%{state | absent_announced?: false}, :listed_again}
 
-  def absent(state, true, _now), do: {state, :none}
-  def absent(%{absent_warned_at: nil} = state, false, _now), do: {state, :none}
-  def absent(state, false, _now), do: {%{state | absent_warned_at: nil}, :listed_again}
+  def absent(state, false, _now), do: {state, :none}
 
-  # Asks once more, as the diagnosis does, for the kind of absence and the servers asked.
-  defp absent_warning(options) do
-    kind = query_kind(options)
-    label = kind |> Atom.to_string() |> String.upcase()
+  defp absent_warning(options, %{reason: reason, servers: servers}) do
+    label = options |> query_kind() |> Atom.to_string() |> String.upcase()
     service = options.service
     source = Nameservers.source(options.nameservers)
+    asked = "Asked #{servers}#{source_note(source)}"
 
-    with {:ok, diagnoser} <-
-           Native.diagnoser_new(Nameservers.environment(), options.nameservers, nil),
-         info = Native.diagnoser_info(diagnoser),
-         {:ok, probe} <- probe(diagnoser, kind, service, info.lookup_timeout_ms) do
-      asked = "Asked #{info.nameservers}#{source_note(source)}"
-
-      case probe.failure do
-        # Listed by now: nothing to warn about.
-        nil ->
-          nil
-
-        %{reason: "nxdomain"} ->
-          {:warning,
-           "DNS says #{service} does not exist (NXDOMAIN): no members from it. #{asked}. " <>
-             "Likely fix: #{nxdomain_fix(source, service)}. #{@repeated}"}
-
-        %{reason: "no_records"} ->
-          {:warning,
-           "DNS says #{service} exists but has no #{label} records (NODATA): no members " <>
-             "from it. #{asked}. Likely fix: #{nodata_fix(kind)}. #{@repeated}"}
-
-        %{message: message} ->
-          {:warning,
-           "DNS gave no #{label} records for #{service}: no members from it. #{asked}; " <>
-             "asked again: #{message}. #{@repeated}"}
-      end
-    else
-      _ ->
+    case reason do
+      "nxdomain" ->
         {:warning,
-         "DNS gave no #{label} records for #{service}: no members from it. Check the " <>
-           "service name and which DNS server is asked (DynamicSrv.diagnose() shows both). " <>
-           @repeated}
+         "DNS says #{service} does not exist (NXDOMAIN): no members from it. #{asked}. " <>
+           "Likely fix: #{nxdomain_fix(source, service)}. #{@repeated}"}
+
+      _no_records ->
+        {:warning,
+         "DNS says #{service} exists but has no #{label} records (NODATA): no members " <>
+           "from it. #{asked}. Likely fix: #{nodata_fix(query_kind(options))}. #{@repeated}"}
     end
   end
 
@@ -251,17 +234,4 @@ defmodule DynamicSrv.Cluster.Misconfig do
   defp query_kind(%{node_naming: {:basename_ip, _}, ip_family: :inet6}), do: :aaaa
   defp query_kind(%{node_naming: {:basename_ip, _}}), do: :a
   defp query_kind(_options), do: :srv
-
-  defp probe(diagnoser, kind, name, timeout_ms) do
-    tag = make_ref()
-
-    with :ok <- Native.diagnose_query(diagnoser, kind, name, self(), tag) do
-      receive do
-        {^tag, %{} = probe} -> {:ok, probe}
-        {^tag, _internal_error} -> :error
-      after
-        timeout_ms * 2 + 1_000 -> :error
-      end
-    end
-  end
 end

@@ -31,6 +31,22 @@ defmodule DynamicSrv.Cluster.Seed do
 
   def nodes(other), do: {:error, "expected a list or MapSet of node names, got #{inspect(other)}"}
 
+  defp warn_not_taken(names, members, state) do
+    taken = MapSet.new(members, &String.downcase/1)
+
+    case Enum.reject(names, &MapSet.member?(taken, String.downcase(&1))) do
+      [] ->
+        :ok
+
+      skipped ->
+        Logger.warning(
+          "ignoring #{length(skipped)} of the starting members of #{state.options.service} " <>
+            "(not node names a peer can be dialed by, or beyond max_nodes): " <>
+            Enum.map_join(Enum.take(skipped, 5), ", ", &inspect/1)
+        )
+    end
+  end
+
   @doc "Seeds the poller's state (its `:native` topology, `:members` and `:atoms`)."
   @spec apply(map(), term()) :: map()
   def apply(state, given) do
@@ -40,6 +56,7 @@ defmodule DynamicSrv.Cluster.Seed do
 
       {:ok, names} ->
         members = Native.topology_seed(state.native, names)
+        warn_not_taken(names, members, state)
         {atoms, budget, _refused} = DynamicSrv.Cluster.NodeAtoms.to_atoms(state.atoms, members)
         # As if a poll had listed them: a seed that leaves is disconnected like any member.
         %{state | members: atoms, member_names: members, atoms: budget}

@@ -24,9 +24,12 @@ defmodule DynamicSrv.Epmd.Refusal do
   # process): `{:starting, _}` until the boot script, `-s` and `-eval` are done. With
   # `-name`/`-sname` kernel starts net_sup during boot, and a failure there ends the VM
   # anyway; without them, net_sup is started only by a call we must not kill.
+  # `-kernel start_distribution false` keeps a named VM from starting distribution at boot:
+  # it is then started by a call (Node.start/2) while init may still be starting.
   defp boot_distribution? do
     match?({:starting, _}, :init.get_status()) and
       (match?({:ok, _}, :init.get_argument(:name)) or
-         match?({:ok, _}, :init.get_argument(:sname)))
+         match?({:ok, _}, :init.get_argument(:sname))) and
+      :application.get_env(:kernel, :start_distribution) != {:ok, false}
   end
 end

@@ -60,6 +60,8 @@ pub struct Change {
 struct Absence {
     answers: u32,
     since: Option<Instant>,
+    /// Taken as a member before any answer listed it (`seed`), and no answer has since.
+    seeded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -140,8 +142,18 @@ impl Membership {
                 continue;
             }
             if self.members.len() >= self.max_nodes {
-                change.over_limit += 1;
-                continue;
+                // A seed no answer has listed gives way to a node this one lists.
+                let unlisted_seed = self
+                    .members
+                    .iter()
+                    .find(|(_, absence)| absence.seeded)
+                    .map(|(seed, _)| seed.clone());
+                let Some(seed) = unlisted_seed else {
+                    change.over_limit += 1;
+                    continue;
+                };
+                self.members.remove(&seed);
+                change.left.push(seed);
             }
             self.members.insert(node.clone(), Absence::default());
             change.joined.push(node);
@@ -206,7 +218,9 @@ impl Membership {
 
     /// Takes `nodes` as members before any answer lists them (libcluster's strategy state
     /// `meta`, a membership known from elsewhere). They are members like any other: kept while
-    /// answers list them, removed by the same rules when they do not. Returns those added.
+    /// answers list them, removed by the same rules when they do not; but while no answer has
+    /// listed one, it gives its place under `max_nodes` to a node an answer lists. Returns
+    /// those added.
     pub fn seed(&mut self, nodes: impl IntoIterator<Item = String>) -> Vec<String> {
         let mut added = Vec::new();
         for node in self.one_spelling_each(nodes) {
@@ -216,7 +230,13 @@ impl Membership {
             if self.members.len() >= self.max_nodes {
                 break;
             }
-            self.members.insert(node.clone(), Absence::default());
+            self.members.insert(
+                node.clone(),
+                Absence {
+                    seeded: true,
+                    ..Absence::default()
+                },
+            );
             added.push(node);
         }
         added
@@ -517,7 +537,7 @@ mod tests {
         assert_eq!(p.m.seed(names(&["a", "B", "b", "c"])), names(&["a", "b"]));
         assert_eq!(p.m.members(), names(&["a", "b"]));
         // Listed: kept, and not reported as joined (it was a member already).
-        let c = p.answer(&["a", "d"]);
+        let c = p.answer(&["a"]);
         assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
         assert_eq!(c.kept_missing, 1);
         // Missing from two agreeing complete answers 10 s apart: gone, like any member.
@@ -531,5 +551,32 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(p.m.observe_failure("timeout").members, names(&["x"]));
         }
+    }
+
+    #[test]
+    fn a_seed_no_answer_listed_gives_way_to_a_listed_node_at_max_nodes() {
+        let mut m = Membership::new(2, Duration::ZERO);
+        assert_eq!(
+            m.seed(["s1@h".to_string(), "s2@h".to_string()]),
+            ["s1@h", "s2@h"]
+        );
+        let now = Instant::now();
+        // s1 is listed (no longer a bare seed); a@h takes s2's place.
+        let c = m.observe_answer(
+            ["s1@h".to_string(), "a@h".to_string()],
+            Completeness::Complete,
+            now,
+        );
+        assert_eq!(c.members, ["a@h", "s1@h"]);
+        assert_eq!(c.left, ["s2@h"]);
+        assert_eq!(c.over_limit, 0);
+        // A listed seed keeps its place like any member.
+        let c = m.observe_answer(
+            ["s1@h".to_string(), "a@h".to_string(), "b@h".to_string()],
+            Completeness::Complete,
+            now,
+        );
+        assert_eq!(c.members, ["a@h", "s1@h"]);
+        assert_eq!(c.over_limit, 1);
     }
 }

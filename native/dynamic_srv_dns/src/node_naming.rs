@@ -159,7 +159,7 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
-fn validate_node_name(node: &str) -> Result<(), Unmapped> {
+pub(crate) fn validate_node_name(node: &str) -> Result<(), Unmapped> {
     let invalid = |why| Unmapped::InvalidNodeName {
         node: node.to_string(),
         why,

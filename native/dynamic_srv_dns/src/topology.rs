@@ -72,6 +72,17 @@ pub struct Poll {
     /// The DNS lookups this poll started: the service query, plus one per SRV target whose
     /// address it had to ask for.
     pub queries: usize,
+    /// Set when DNS said the service itself is absent.
+    pub absent: Option<Absent>,
+}
+
+/// DNS answered that the polled service does not exist, or has no records of the type asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Absent {
+    /// `nxdomain` or `no_records` (`LookupError::reason`).
+    pub reason: &'static str,
+    /// The servers asked, as an operator reads them (`Dns::servers_text`).
+    pub servers: String,
 }
 
 pub struct Topology {
@@ -119,9 +130,10 @@ impl Topology {
                     (queries, Ok(())) => (self.apply_srv(&answer), queries),
                     (queries, Err(error)) => (self.apply_failure(&error.to_string()), queries),
                 },
-                Err(error) if error.is_authoritative_absence() => {
-                    (self.apply_srv(&SrvAnswer::default()), 0)
-                }
+                Err(error) if error.is_authoritative_absence() => (
+                    self.absent(self.apply_srv(&SrvAnswer::default()), &error),
+                    0,
+                ),
                 Err(error) => (self.apply_failure(&error.to_string()), 0),
             };
             Poll {
@@ -140,11 +152,23 @@ impl Topology {
                     self.apply_nodes(nodes, Vec::new(), addresses.len(), partial)
                 }
                 Err(error) if error.is_authoritative_absence() => {
-                    self.apply_nodes(Vec::new(), Vec::new(), 0, None)
+                    self.absent(self.apply_nodes(Vec::new(), Vec::new(), 0, None), &error)
                 }
                 Err(error) => self.apply_failure(&error.to_string()),
             };
             Poll { queries: 1, ..poll }
+        }
+    }
+
+    /// A poll whose service DNS says does not exist (NXDOMAIN) or has no records (NODATA):
+    /// which of the two, and the servers that said so, for the poller's warning.
+    fn absent(&self, poll: Poll, error: &LookupError) -> Poll {
+        Poll {
+            absent: Some(Absent {
+                reason: error.reason(),
+                servers: self.engine.dns().servers_text(),
+            }),
+            ..poll
         }
     }
 
@@ -377,6 +401,7 @@ impl Topology {
             partial_warning,
             failed: false,
             queries: 0,
+            absent: None,
         }
     }
 
@@ -476,9 +501,17 @@ impl Topology {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `nodes` as members before any answer (see `Membership::seed`).
+    /// Takes `nodes` as members before any answer (see `Membership::seed`), those that are
+    /// node names a peer could be dialed by (a valid name part, an IP or DNS host); returns
+    /// the ones taken.
     pub fn seed(&self, nodes: Vec<String>) -> Vec<String> {
-        self.membership().seed(nodes)
+        let valid = nodes.into_iter().filter(|node| {
+            crate::node_naming::validate_node_name(node).is_ok()
+                && node.split_once('@').is_some_and(|(_, host)| {
+                    host.parse::<IpAddr>().is_ok() || validate_dns_name(host).is_ok()
+                })
+        });
+        self.membership().seed(valid)
     }
 
     fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {

@@ -31,7 +31,7 @@ mod atoms {
         ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
-        partial_warning, failed, queries, udp, tcp,
+        partial_warning, failed, queries, absent, reason, servers, udp, tcp,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
@@ -744,6 +744,20 @@ fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
         (atoms::partial_warning(), poll.partial_warning.encode(env)),
         (atoms::failed(), poll.failed.encode(env)),
         (atoms::queries(), poll.queries.encode(env)),
+        (
+            atoms::absent(),
+            match &poll.absent {
+                None => rustler::types::atom::nil().encode(env),
+                Some(absent) => Term::map_from_pairs(
+                    env,
+                    &[
+                        (atoms::reason(), absent.reason.encode(env)),
+                        (atoms::servers(), absent.servers.encode(env)),
+                    ],
+                )
+                .unwrap_or_else(|_| atoms::error().encode(env)),
+            },
+        ),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
 }

@@ -1,23 +1,23 @@
-defmodule DynamicSrv.Rev14ReviewTest do
-  # rev14 adversarial review of issue 14: failing regression tests for findings.
-  # Each test states the observed behaviour; product code is not changed here.
+defmodule DynamicSrv.DropInEdgesTest do
+  # Edges of the drop-in behaviour found by an adversarial review (issue 14): a flapping
+  # absent service, inetrc files that name a resolv file, garbage or crowding starting
+  # members, and a doctor that checked nothing or was given a name that is not one.
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Cluster.{Misconfig, Seed}
+  alias DynamicSrv.Cluster.Misconfig
 
-  describe "finding: NXDOMAIN warning is not rate-limited when the answer flaps" do
+  describe "an absent service that flaps" do
     test "absent / listed / absent within 5 min warns only once" do
       s = Misconfig.new()
       {s, :warn} = Misconfig.absent(s, true, 0)
       {s, _} = Misconfig.absent(s, false, 5_000)
-      # Observed: :warn again 10 s later (every other poll while it flaps).
       assert {_s, :none} = Misconfig.absent(s, true, 10_000)
     end
   end
 
-  describe "finding: inetrc that points OTP at a resolv file is ignored" do
+  describe "an inetrc that names a resolv file" do
     setup do
-      dir = Path.join(System.tmp_dir!(), "rev14-inetrc-#{System.unique_integer([:positive])}")
+      dir = Path.join(System.tmp_dir!(), "drop-in-inetrc-#{System.unique_integer([:positive])}")
       File.mkdir_p!(dir)
       on_exit(fn -> File.rm_rf!(dir) end)
       resolv = Path.join(dir, "consul-resolv.conf")
@@ -26,8 +26,7 @@ defmodule DynamicSrv.Rev14ReviewTest do
     end
 
     # OTP's :inet_db uses 127.0.0.9:53 for both forms (checked with
-    # `erl -kernel inetrc '"F"' -eval 'inet_db:res_option(nameservers)'`); the package falls
-    # back to /etc/resolv.conf and says no inetrc nameserver is set.
+    # `erl -kernel inetrc '"F"' -eval 'inet_db:res_option(nameservers)'`), and so do we.
     for form <- ["{resolv_conf, ~s}.", "{file, resolv, ~s}."] do
       test "#{form}", %{dir: dir, resolv: resolv} do
         file = Path.join(dir, "inetrc")
@@ -37,18 +36,33 @@ defmodule DynamicSrv.Rev14ReviewTest do
     end
   end
 
-  describe "finding: strategy meta seeds are not validated" do
-    test "garbage names are not taken as members" do
-      assert {:ok, names} = Seed.nodes([nil, true, "", "a@b@c", "no-at-sign", " x@y "])
-      # Observed: ["", "true", "a@b@c", "no-at-sign", " x@y "], each later connected to.
-      assert names == []
-    end
-
+  describe "starting members" do
     defmodule Stub do
       def connect(_node), do: true
       def disconnect(_node), do: true
       def list, do: []
       def resolver(_), do: [{0, 0, 4370, ~c"real-1.svc.test"}, {0, 0, 4371, ~c"real-2.svc.test"}]
+    end
+
+    test "garbage names are not taken as members, with one warning" do
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          {:ok, pid} =
+            DynamicSrv.Cluster.start_link(
+              service: "svc.test",
+              resolver: fn _ -> [] end,
+              polling_interval: 60_000,
+              connect: {Stub, :connect, []},
+              disconnect: {Stub, :disconnect, []},
+              list_nodes: {Stub, :list, []},
+              initial_members: [nil, true, "", "a@b@c", "no-at-sign", " x@y ", "ok@h.test"]
+            )
+
+          assert DynamicSrv.Cluster.members(pid) == [:"ok@h.test"]
+          GenServer.stop(pid)
+        end)
+
+      assert log =~ "ignoring 5 of the starting members of svc.test"
     end
 
     test "seeds never push out the nodes DNS lists (max_nodes)" do
@@ -69,14 +83,13 @@ defmodule DynamicSrv.Rev14ReviewTest do
       on_exit(fn -> if Process.alive?(pid), do: GenServer.stop(pid) end)
       :ok = DynamicSrv.Cluster.poll_now(pid)
       members = DynamicSrv.Cluster.members(pid)
-      # Observed: ten garbage seeds, neither real node, and the warning
-      # "svc.test lists 2 nodes beyond max_nodes=10" (it lists 2 nodes in all).
+
       assert :"real-1@svc.test" in members and :"real-2@svc.test" in members,
              inspect(members)
     end
   end
 
-  describe "finding: doctor" do
+  describe "the doctor" do
     @dead "127.0.0.1:9"
 
     test "reports nothing checked when no service is given or configured" do
@@ -92,8 +105,7 @@ defmodule DynamicSrv.Rev14ReviewTest do
         )
 
       text = Enum.join(DynamicSrv.Diagnosis.format(report), "\n")
-      # Observed: "No problems found." (mix dynamic_srv.doctor exits 0) having queried no
-      # service at all, e.g. for a project whose topologies are built in application.ex.
+      # Not "No problems found." (a deploy gate would pass) when nothing was looked at.
       refute text =~ "No problems found.", text
     end
 
@@ -110,8 +122,7 @@ defmodule DynamicSrv.Rev14ReviewTest do
         )
 
       text = Enum.join(DynamicSrv.Diagnosis.format(report), "\n")
-      # Observed: "malformed or unusable answer: unrecognized char" with the fix "the answer
-      # from <server> could not be used (malformed, truncated ...)": no query was sent.
+      # No query was sent: the name is the mistake, not the server's answer.
       refute text =~ "malformed or unusable answer", text
     end
   end

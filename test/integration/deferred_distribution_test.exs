@@ -1,5 +1,5 @@
-defmodule DynamicSrv.Integration.Rev14ReviewTest do
-  # rev14 adversarial review of issue 14: failing regression test for a finding.
+defmodule DynamicSrv.Integration.DeferredDistributionTest do
+  # Found by an adversarial review (issue 14): the boot refusal must not end a running VM.
   use ExUnit.Case, async: false
   @moduletag :integration
 
@@ -9,7 +9,6 @@ defmodule DynamicSrv.Integration.Rev14ReviewTest do
   # `start_distribution false` (OTP's way to start it later, e.g. once the name is known).
   # Node.start/2 at runtime, while init is still {:starting, _} (an application's start/2,
   # a -s/-eval, a script), must return the error as for any runtime start.
-  # Observed: the refusal line and erlang:halt(1): the running VM is gone.
   @tag timeout: 60_000
   test "Node.start/2 with -name and -kernel start_distribution false does not halt the VM" do
     peer =
