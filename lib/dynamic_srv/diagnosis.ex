@@ -604,16 +604,16 @@ defmodule DynamicSrv.Diagnosis do
   defp dns_name?(_name), do: false
 
   # "No problems found" must not stand for "nothing was looked at" (a deploy gate would pass).
-  defp nothing_checked(%{services: [], peers: []}, {:ok, _diagnoser}) do
+  defp nothing_checked(%{services: [], peers: [], self_check: nil}, {:ok, _diagnoser}) do
     [
       %{
         what:
-          "no service was checked: no DynamicSrv.Cluster or libcluster topology runs on this " <>
-            "node or is declared in the application's config, no --service was given, and " <>
+          "nothing was checked: no DynamicSrv.Cluster or libcluster topology runs here or " <>
+            "is declared in the application's config, no --service or --node was given, and " <>
             "no peer is connected",
         fix:
-          "pass --service NAME (and --naming KIND:BASENAME, e.g. basename_port_ip:app), or " <>
-            "run the doctor in the project whose config declares the topologies"
+          "pass --service NAME (and --naming KIND:BASENAME, e.g. basename_port_ip:app) or " <>
+            "--node NAME, or run the doctor in the project whose config declares the topologies"
       }
     ]
   end

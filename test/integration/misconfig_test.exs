@@ -49,7 +49,7 @@ defmodule DynamicSrv.Integration.MisconfigTest do
            ),
            inspect(logs(peer))
 
-    assert DnsServer.queries(dns) != []
+    assert Mesh.eventually(fn -> DnsServer.queries(dns) != [] end, 100)
   end
 
   # The issue's case: no DYNAMIC_SRV_NAMESERVERS and no inetrc, so /etc/resolv.conf (here the
