@@ -26,7 +26,7 @@ defmodule DynamicSrv.Chaos.BadDnsTest do
     [
       {{:rcode, :servfail}, ~r/answered Server Failure/},
       {{:rcode, :refused}, ~r/answered Query Refused/},
-      # hickory's words for a TCP connection refused: "cannot reach … no connections available"
+      # A TCP connection refused: "cannot reach the DNS server: no server accepted the query"
       {:truncate_tcp_refused, ~r/cannot reach the DNS server/}
     ]
   end

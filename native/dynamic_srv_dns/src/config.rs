@@ -186,7 +186,7 @@ pub fn settings(get: impl Fn(&str) -> Option<String>) -> Vec<Setting> {
                 ERL_DIST_PORT => match (&raw, mode.clone()) {
                     (Some(value), _) => parse_port(var, value).map(|port| port.to_string()),
                     (None, Ok(PortMode::Name)) => {
-                        Ok("not set (not needed: DYNAMIC_SRV_PORT_MODE=name)".to_string())
+                        Ok("not needed (DYNAMIC_SRV_PORT_MODE=name)".to_string())
                     }
                     (None, Ok(mode)) => Err(ConfigError::MissingPort { var, mode }),
                     (None, Err(_)) => Ok("not set".to_string()),

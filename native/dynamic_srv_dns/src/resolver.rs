@@ -468,6 +468,13 @@ fn map_error(name: &str, record_type: &'static str, error: NetError) -> LookupEr
             name,
             detail: e.to_string(),
         },
+        // hickory's words when every connection to every server failed (refused, unreachable).
+        other if other.to_string().contains("no connections available") => {
+            LookupError::Unreachable {
+                name,
+                detail: "no server accepted the query (connection refused or unreachable)".into(),
+            }
+        }
         other => LookupError::Unreachable {
             name,
             detail: other.to_string(),

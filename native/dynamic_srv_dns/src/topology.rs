@@ -128,13 +128,13 @@ impl Topology {
             {
                 Ok(mut answer) => match self.complete_addresses(&mut answer).await {
                     (queries, Ok(())) => (self.apply_srv(&answer), queries),
-                    (queries, Err(error)) => (self.apply_failure(&error.to_string()), queries),
+                    (queries, Err(error)) => (self.failure(&error), queries),
                 },
                 Err(error) if error.is_authoritative_absence() => (
                     self.absent(self.apply_srv(&SrvAnswer::default()), &error),
                     0,
                 ),
-                Err(error) => (self.apply_failure(&error.to_string()), 0),
+                Err(error) => (self.failure(&error), 0),
             };
             Poll {
                 queries: 1 + target_queries,
@@ -154,10 +154,17 @@ impl Topology {
                 Err(error) if error.is_authoritative_absence() => {
                     self.absent(self.apply_nodes(Vec::new(), Vec::new(), 0, None), &error)
                 }
-                Err(error) => self.apply_failure(&error.to_string()),
+                Err(error) => self.failure(&error),
             };
             Poll { queries: 1, ..poll }
         }
+    }
+
+    /// A failed poll, its reason naming the servers asked (the error alone names only the
+    /// DNS name and what went wrong).
+    fn failure(&self, error: &LookupError) -> Poll {
+        let servers = self.engine.dns().servers_text();
+        self.apply_failure(&format!("{error} (nameservers {servers})"))
     }
 
     /// A poll whose service DNS says does not exist (NXDOMAIN) or has no records (NODATA):
