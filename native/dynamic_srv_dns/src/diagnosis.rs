@@ -385,11 +385,15 @@ impl Diagnoser {
                 check.endpoint = ip.map(|ip| SocketAddr::new(ip, port));
             }
             Ok(Plan::Srv(name)) => {
+                // Asking would only add a REFUSED or NXDOMAIN whose fix (another server)
+                // is wrong: the port mode is.
                 if let Some(problem) = NodeName::parse(node)
                     .ok()
                     .and_then(|parsed| ip_host_in_srv_mode(&parsed))
                 {
+                    check.how = format!("not asked: SRV record {name} (DYNAMIC_SRV_PORT_MODE=srv)");
                     check.problems.push(problem);
+                    return check;
                 }
                 check.how = format!(
                     "SRV record {name} for the port, then its target's {} record \
