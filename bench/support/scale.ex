@@ -44,7 +44,10 @@ defmodule DynamicSrv.Bench.Scale do
       for n <- Enum.sort(sizes),
           spec <-
             [{:dnsmasq, :ours, true}, {:dnsmasq, :classic, true}] ++
-              if(n == pop_off, do: [{:dnsmasq, :ours, false}, {:dnsmasq, :classic, false}]) ++
+              if(n == pop_off,
+                do: [{:dnsmasq, :ours, false}, {:dnsmasq, :classic, false}],
+                else: []
+              ) ++
               [{:consul, :ours, true}, {:consul, :classic, true}] do
         {dns, arm, pop} = spec
         %{dns: dns, arm: arm, pop: pop, n: n}
@@ -299,8 +302,14 @@ defmodule DynamicSrv.Bench.Scale do
     q0 = queries(c)
     t = System.os_time(:microsecond) + 500_000
     start_pollers(c, Enum.sort(c.registered), t)
-    deadline = max(20_000, 3 * c.boot_ms)
+    deadline = max(15_000, 2 * c.boot_ms)
     formed_us = await_mesh(peers, t, deadline)
+
+    progress(
+      c,
+      "booted in #{c.boot_ms} ms, formed in #{inspect(formed_us && div(formed_us, 1000))} ms"
+    )
+
     Map.merge(c, %{formed_us: formed_us, form_queries: diff(queries(c), q0), deadline: deadline})
   end
 
@@ -391,7 +400,9 @@ defmodule DynamicSrv.Bench.Scale do
     c = publish(%{c | registered: MapSet.put(c.registered, spare)}, before)
     t = System.os_time(:microsecond)
     start_pollers(c, [spare], t)
-    Map.put(c, :join_us, await_mesh(all, t, 30_000))
+    join_us = await_mesh(all, t, 30_000)
+    progress(c, "joined in #{inspect(join_us && div(join_us, 1000))} ms")
+    Map.put(c, :join_us, join_us)
   end
 
   # Node 1 is deregistered (and keeps running its poller, as a drained instance does): time
@@ -404,10 +415,11 @@ defmodule DynamicSrv.Bench.Scale do
     others = members(c)
     downs0 = downs_by_subject(others)
     t = System.os_time(:microsecond)
-    left_us = await_dropped(others, victim.name, t, 40_000)
+    left_us = await_dropped(others, victim.name, t, 25_000)
     if left_us, do: Process.sleep(@interval + 1_000)
     stayed? = left_us != nil and not connected_to_any?(others, victim.name)
     lost = lost_links(downs0, downs_by_subject(others), [victim.name])
+    progress(c, "left in #{inspect(left_us && div(left_us, 1000))} ms, #{lost} other nodedowns")
     Peer.stop_all([victim])
 
     Map.merge(c, %{
@@ -465,9 +477,20 @@ defmodule DynamicSrv.Bench.Scale do
     {c, waves} =
       ks
       |> Enum.chunk_every(size)
-      |> Enum.reduce({c, []}, fn wave, {c, done} ->
-        {c, result} = restart_wave(c, wave)
-        {c, [result | done]}
+      |> Enum.reduce({c, []}, fn
+        # A wave that never got back to a full mesh ends the rollout (the rest would wait too).
+        _wave, {c, [%{back_us: nil} | _] = done} ->
+          {c, done}
+
+        wave, {c, done} ->
+          {c, result} = restart_wave(c, wave)
+
+          progress(
+            c,
+            "wave #{length(done) + 1}: back in #{inspect(result.back_us && div(result.back_us, 1000))} ms, #{result.lost} lost"
+          )
+
+          {c, [result | done]}
       end)
 
     waves = Enum.reverse(waves)
@@ -517,7 +540,7 @@ defmodule DynamicSrv.Bench.Scale do
     watch(all)
     t_up = System.os_time(:microsecond)
     start_pollers(c, wave, t_up)
-    back = await_mesh(all, t_up, 60_000)
+    back = await_mesh(all, t_up, 20_000)
     downs1 = downs_by_subject(stay)
     expected = Enum.map(old, & &1.name) ++ Enum.map(Map.values(new), & &1.name)
 
@@ -530,6 +553,8 @@ defmodule DynamicSrv.Bench.Scale do
        expected: expected
      }}
   end
+
+  defp progress(c, text), do: IO.puts(:stderr, "      #{label(c)}: #{text}")
 
   defp call(peers, m, f, a), do: Peer.call_all(peers, m, f, a, @call_timeout)
 
@@ -711,7 +736,7 @@ defmodule DynamicSrv.Bench.Scale do
   defp join_cell(%{join_us: us}), do: Stats.dur(us * 1_000)
 
   defp leave_cell(%{leave: nil}), do: "—"
-  defp leave_cell(%{leave: %{us: nil} = l}), do: "never in 40 s; #{l.lost}"
+  defp leave_cell(%{leave: %{us: nil} = l}), do: "never in 25 s; #{l.lost}"
 
   defp leave_cell(%{leave: l}),
     do: "#{Stats.dur(l.us * 1_000)}#{if l.stayed, do: "", else: " (it came back)"}; #{l.lost}"
