@@ -93,12 +93,18 @@ defmodule DynamicSrv.Bench.Scale do
     )
   end
 
+  # A raise or an exit (a call to an overloaded ConsulDns timing out) costs the cluster's
+  # cells, not the run.
   defp guarded(fun) do
     fun.()
   rescue
     error ->
       IO.puts(:stderr, Exception.format(:error, error, __STACKTRACE__))
       %{failed: Exception.message(error)}
+  catch
+    :exit, reason ->
+      IO.puts(:stderr, "exit: #{inspect(reason, limit: 5)}")
+      %{failed: "exit: #{inspect(reason, limit: 3, printable_limit: 80)}"}
   end
 
   # --- one group ------------------------------------------------------------------------
@@ -116,15 +122,21 @@ defmodule DynamicSrv.Bench.Scale do
         end
 
       clusters = each(clusters, &(&1[:peers] && steady(&1, cfg)))
-      clusters = Enum.map(clusters, &if(&1[:formed_us], do: guarded_merge(&1, :join), else: &1))
-      clusters = each(clusters, &(&1[:formed_us] && leave(&1)))
-      clusters = each(clusters, &(&1[:formed_us] && rolling(&1)))
+      # Join, leave and rolling restart need a mesh that holds: a cluster that never formed,
+      # or lost links all through the steady window (the classic rule against Consul's
+      # trimmed answers), is not taken further.
+      clusters = Enum.map(clusters, &Map.put(&1, :stable, stable?(&1)))
+      clusters = Enum.map(clusters, &if(&1.stable, do: guarded_merge(&1, :join), else: &1))
+      clusters = each(clusters, &(&1.stable && leave(&1)))
+      clusters = each(clusters, &(&1.stable && rolling(&1)))
       Process.put(:scale_clusters, clusters)
       Map.new(clusters, &{key(&1), result(&1)})
     after
       Enum.each(Process.delete(:scale_clusters) || [], &teardown/1)
     end
   end
+
+  defp stable?(c), do: c[:formed_us] != nil and match?(%{downs: 0}, c[:steady])
 
   defp guarded_merge(c, :join) do
     case guarded(fn -> join(c) end) do
@@ -546,7 +558,8 @@ defmodule DynamicSrv.Bench.Scale do
 
     {c,
      %{
-       back_us: back,
+       # ≤ 0: the others had dialed it (from DNS) before its own poller started.
+       back_us: back && max(back, 0),
        from_term_us: back && back + t_up - t_term,
        lost: lost_links(downs0, downs1, expected),
        downs_after: downs1,
@@ -563,9 +576,19 @@ defmodule DynamicSrv.Bench.Scale do
   defp result(%{failed: why}), do: %{failed: why}
 
   defp result(c) do
-    %{join_us: nil, leave: nil, rolling: nil}
+    %{join_us: nil, leave: nil, rolling: nil, stable: false}
     |> Map.merge(
-      Map.take(c, [:n, :boot_ms, :formed_us, :form_queries, :deadline, :join_us, :leave, :rolling])
+      Map.take(c, [
+        :n,
+        :boot_ms,
+        :formed_us,
+        :form_queries,
+        :deadline,
+        :join_us,
+        :leave,
+        :rolling,
+        :stable
+      ])
     )
     |> Map.put(:steady, c[:steady] && Map.drop(c.steady, [:footprint]))
     |> Map.put(:footprint, c[:steady] && Map.get(c.steady, :footprint))
@@ -730,17 +753,19 @@ defmodule DynamicSrv.Bench.Scale do
 
   defp steady_downs(%{steady: s}), do: "#{s.downs}"
 
-  defp join_cell(%{formed_us: nil}), do: "—"
+  defp join_cell(%{stable: false}), do: "— (no mesh that holds)"
   defp join_cell(%{join_failed: why}) when is_binary(why), do: "failed: #{why}"
   defp join_cell(%{join_us: nil}), do: "never in 30 s"
   defp join_cell(%{join_us: us}), do: Stats.dur(us * 1_000)
 
+  defp leave_cell(%{stable: false}), do: "—"
   defp leave_cell(%{leave: nil}), do: "—"
   defp leave_cell(%{leave: %{us: nil} = l}), do: "never in 25 s; #{l.lost}"
 
   defp leave_cell(%{leave: l}),
     do: "#{Stats.dur(l.us * 1_000)}#{if l.stayed, do: "", else: " (it came back)"}; #{l.lost}"
 
+  defp rolling_lost(%{stable: false}), do: "—"
   defp rolling_lost(%{rolling: nil}), do: "—"
   defp rolling_lost(%{rolling: r}), do: "#{r.lost} (#{r.waves} waves of #{r.wave_size})"
 
@@ -915,7 +940,7 @@ defmodule DynamicSrv.Bench.Scale do
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load; the joins run one after the other. " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time; \"never\" after 3× the boot time (at least 20 s). DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
         "Steady: #{div(cfg.steady_ms, 1000)} s after formation; polls counted by tracing each poller's timer message; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
-      "Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
+      "Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown). Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
         "Rolling restart: every node in turn, in waves of max(1, N/10) (Nomad `max_parallel`, Kubernetes `maxUnavailable`): SIGTERM (OTP's graceful `init:stop`), a new port, DNS updated, a new VM (the same name under dnsmasq, a new `app-PORT@IP` under Consul) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
       cost_note,
       "Largest size at which ours met every goal of this section: #{if met == [], do: "none", else: Enum.max(met)}." <>
