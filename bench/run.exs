@@ -23,6 +23,7 @@ alias DynamicSrv.Bench.{
   Latency,
   Report,
   Safety,
+  Scale,
   SafetyInCluster
 }
 
@@ -32,7 +33,8 @@ alias DynamicSrv.Bench.{
 quick = Keyword.get(opts, :quick, false)
 only = opts[:only] && opts[:only] |> String.split(",") |> Enum.map(&String.to_atom/1)
 write = Keyword.get(opts, :write, not quick and only == nil)
-want? = fn section -> only == nil or section in only end
+# Section 10 (scale) alone takes about 13 minutes: it runs only when named (--only scale).
+want? = fn section -> if only == nil, do: section != :scale, else: section in only end
 
 started = DateTime.utc_now() |> DateTime.truncate(:second)
 t0 = System.monotonic_time(:millisecond)
@@ -124,6 +126,31 @@ cache =
          end) do
       {:ok, section} -> section
       {:failed, why} -> failed.(:cache, "9. A full address cache", why)
+    end
+  end
+
+scale =
+  if want?.(:scale) do
+    # BENCH_SCALE_SIZES=10,20 (and BENCH_SCALE_STEADY_S) for trying changes on a busy machine.
+    sizes =
+      case System.get_env("BENCH_SCALE_SIZES") do
+        nil -> if quick, do: [10, 20], else: [25, 50, 100]
+        text -> text |> String.split(",") |> Enum.map(&String.to_integer/1)
+      end
+
+    steady_s =
+      String.to_integer(System.get_env("BENCH_SCALE_STEADY_S") || if(quick, do: "15", else: "60"))
+
+    case step.("10. scale, #{Enum.join(sizes, ", ")} nodes", fn ->
+           Scale.run(
+             sizes: sizes,
+             steady_ms: steady_s * 1_000,
+             pop_off: if(50 in sizes, do: 50, else: Enum.max(sizes)),
+             cost_members: [Enum.max(sizes), 1000]
+           )
+         end) do
+      {:ok, section} -> section
+      {:failed, why} -> failed.(:scale, "10. Scale", why)
     end
   end
 
@@ -226,7 +253,8 @@ safety =
 
 sections =
   Enum.reject(
-    latency ++ [dns_load, convergence, large, footprint, safety, concurrency, consul, cache],
+    latency ++
+      [dns_load, convergence, large, footprint, safety, concurrency, consul, cache, scale],
     &is_nil/1
   )
 
@@ -254,7 +282,8 @@ cond do
 
   write ->
     path = Path.expand("../BENCHMARKS.md", __DIR__)
-    Report.write(path, results)
+    # Section 10 runs only when named: a full run keeps the one already written.
+    Report.write(path, results, keep: [{"10.", "Scale"}])
     IO.puts(:stderr, "==> wrote the results section of #{Path.relative_to_cwd(path)}")
 
   true ->

@@ -107,8 +107,9 @@ defmodule DynamicSrv.Bench.Consul do
   end
 
   # Each poller's :poll messages are traced to a sink process that never reads them: its
-  # queue length is the number of polls since. Returns the sinks.
-  defp count_polls!(peers) do
+  # queue length is the number of polls since. Returns the sinks. (Section 10 uses it too.)
+  @doc false
+  def count_polls!(peers) do
     owners = Peer.call_all(peers, :persistent_term, :get, [{@agent, :poller_owner}])
 
     pollers =

@@ -2,6 +2,6 @@
 # the nodes the benchmarks boot (DynamicSrv.Bench.Agent, ClassicEpmd, ClassicPoller) live in
 # test/support/ instead, so MIX_ENV=test compiles them into the ebin those nodes load.
 for file <- ~w(os stats dns local peer stock_epmd latency large_answer safety concurrency
-               cluster_run cluster_results footprint consul cache report) do
+               cluster_run cluster_results footprint consul cache scale report) do
   Code.require_file("#{file}.ex", __DIR__)
 end

@@ -106,7 +106,7 @@ defmodule DynamicSrv.Bench.Report do
   defp ensure_two(_, why), do: raise(why)
 
   @doc "Replaces the text between the markers of `path` (appends the markers if missing)."
-  def write(path, results) do
+  def write(path, results, opts \\ []) do
     text = if File.exists?(path), do: File.read!(path), else: "# Benchmarks\n"
     block = [@begin, "\n", results, "\n", @finish] |> IO.iodata_to_binary()
 
@@ -114,8 +114,12 @@ defmodule DynamicSrv.Bench.Report do
       case String.split(text, @begin, parts: 2) do
         [before, rest] ->
           case String.split(rest, @finish, parts: 2) do
-            [_old, tail] -> before <> block <> tail
-            [_] -> before <> block <> "\n"
+            [old, tail] ->
+              results = carry_over(old, results, Keyword.get(opts, :keep, []))
+              before <> IO.iodata_to_binary([@begin, "\n", results, "\n", @finish]) <> tail
+
+            [_] ->
+              before <> block <> "\n"
           end
 
         [_] ->
@@ -124,6 +128,33 @@ defmodule DynamicSrv.Bench.Report do
 
     File.write!(path, new)
   end
+
+  # `keep`: `{number, goal_prefix}` of sections this run did not run (e.g. `{"10.", "Scale"}`):
+  # their blocks and goal rows of the old results stay.
+  defp carry_over(old, results, keep) do
+    blocks = String.split(old, "\n### ")
+
+    Enum.reduce(keep, results, fn {number, goal_prefix}, results ->
+      kept = Enum.find(blocks, &String.starts_with?(&1, number <> " "))
+
+      if kept == nil or String.contains?(results, "\n### " <> number <> " ") do
+        results
+      else
+        rows =
+          for "| " <> _ = row <- String.split(old, "\n"), goal_row?(row, goal_prefix), do: row
+
+        [head, rest] = String.split(results, "|---|---|---|\n", parts: 2)
+
+        {goals, others} =
+          rest |> String.split("\n") |> Enum.split_while(&String.starts_with?(&1, "| "))
+
+        body = Enum.join(goals ++ rows ++ others, "\n") |> String.trim_trailing()
+        head <> "|---|---|---|\n" <> body <> "\n\n### " <> String.trim_trailing(kept) <> "\n"
+      end
+    end)
+  end
+
+  defp goal_row?(row, prefix), do: String.starts_with?(row, "| " <> prefix)
 
   def machine do
     cpu =

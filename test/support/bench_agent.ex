@@ -188,6 +188,57 @@ defmodule DynamicSrv.Bench.Agent do
     end
   end
 
+  @doc """
+  CPU time (clock ticks, 1/100 s) this OS process has used: `total` (every thread) and
+  `nif`, the library's DNS thread (named `dynamic_srv_dns`; 0 where the NIF is not loaded).
+  """
+  def cpu_ticks do
+    threads =
+      for dir <- Path.wildcard("/proc/self/task/*"),
+          {:ok, comm} <- [File.read(Path.join(dir, "comm"))],
+          {:ok, stat} <- [File.read(Path.join(dir, "stat"))],
+          do: {String.trim(comm), stat_ticks(stat)}
+
+    {:ok, stat} = File.read("/proc/self/stat")
+    nif = for {"dynamic_srv_dns", ticks} <- threads, reduce: 0, do: (acc -> acc + ticks)
+    %{total: stat_ticks(stat), nif: nif}
+  end
+
+  # utime + stime: fields 14 and 15 of a stat line, the 12th and 13th after the name.
+  defp stat_ticks(stat) do
+    [_, rest] = String.split(stat, ") ", parts: 2)
+    fields = String.split(rest, " ")
+    String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+  end
+
+  @doc """
+  The CPU one poll of `DynamicSrv.Cluster` costs this node: a poller with `opts` whose
+  `list_nodes` lists every member (so nothing is dialed), 5 polls to warm up, then `polls`
+  `poll_now/1` calls. Returns the members, the wall time and the CPU ticks they used.
+  """
+  def poll_cost(opts, polls) do
+    {:ok, pid} = GenServer.start(DynamicSrv.Cluster, opts)
+
+    try do
+      for _ <- 1..5, do: :ok = DynamicSrv.Cluster.poll_now(pid)
+      before = cpu_ticks()
+      t0 = System.monotonic_time(:microsecond)
+      for _ <- 1..polls, do: :ok = DynamicSrv.Cluster.poll_now(pid)
+      wall = System.monotonic_time(:microsecond) - t0
+      after_ = cpu_ticks()
+
+      %{
+        members: length(DynamicSrv.Cluster.members(pid)),
+        polls: polls,
+        wall_us: wall,
+        total: after_.total - before.total,
+        nif: after_.nif - before.nif
+      }
+    after
+      GenServer.stop(pid)
+    end
+  end
+
   defp wait_until(at_us) do
     left_ms = div(at_us - System.os_time(:microsecond), 1000)
     if left_ms > 0, do: Process.sleep(left_ms)
