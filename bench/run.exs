@@ -129,6 +129,16 @@ cache =
     end
   end
 
+scale_only = fn
+  nil ->
+    fn _cluster -> true end
+
+  text ->
+    wanted = text |> String.split(",") |> Enum.map(&String.to_atom/1)
+    {dns, arms} = Enum.split_with(wanted, &(&1 in [:dnsmasq, :consul]))
+    fn c -> (dns == [] or c.dns in dns) and (arms == [] or c.arm in arms) end
+end
+
 scale =
   if want?.(:scale) do
     # BENCH_SCALE_SIZES=10,20 (and BENCH_SCALE_STEADY_S) for trying changes on a busy machine.
@@ -146,7 +156,9 @@ scale =
              sizes: sizes,
              steady_ms: steady_s * 1_000,
              pop_off: if(50 in sizes, do: 50, else: Enum.max(sizes)),
-             cost_members: [Enum.max(sizes), 1000]
+             cost_members: [Enum.max(sizes), 1000],
+             # BENCH_SCALE_ONLY=dnsmasq,ours: just the clusters with those DNS servers / arms.
+             only: scale_only.(System.get_env("BENCH_SCALE_ONLY"))
            )
          end) do
       {:ok, section} -> section

@@ -33,11 +33,13 @@ defmodule DynamicSrv.Bench.Scale do
   @doc """
   Options: `sizes` ([25, 50, 100]), `steady_ms` (60_000), `pop_off` (the size at which the
   dnsmasq clusters also run with `prevent_overlapping_partitions false`, default 50; nil: none),
-  `cost_members` ([100, 1000]), `cost_polls` (100).
+  `cost_members` ([100, 1000]), `cost_polls` (100), `only` (a predicate on a cluster's
+  `%{dns:, arm:, pop:, n:}`: just those clusters, for trying one corner).
   """
   def run(opts \\ []) do
     sizes = Keyword.get(opts, :sizes, [25, 50, 100])
     pop_off = Keyword.get(opts, :pop_off, 50)
+    only = Keyword.get(opts, :only, fn _cluster -> true end)
     cfg = %{steady_ms: Keyword.get(opts, :steady_ms, 60_000)}
 
     specs =
@@ -52,6 +54,7 @@ defmodule DynamicSrv.Bench.Scale do
         {dns, arm, pop} = spec
         %{dns: dns, arm: arm, pop: pop, n: n}
       end
+      |> Enum.filter(only)
       |> Enum.with_index(1)
       |> Enum.map(fn {spec, c} -> Map.put(spec, :net, c) end)
 
