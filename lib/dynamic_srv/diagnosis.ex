@@ -334,16 +334,10 @@ defmodule DynamicSrv.Diagnosis do
 
   defp members_probe(error, naming, _family, service) do
     kind = if match?({:basename_ip, _}, naming), do: :a, else: :srv
-    %{probe: probe(error, kind, service), dns_members: nil}
+    %{probe: unusable_nameservers(error, kind, service), dns_members: nil}
   end
 
-  defp probe({:ok, diagnoser}, kind, name) do
-    tag = make_ref()
-    :ok = Native.diagnose_query(diagnoser, kind, name, self(), tag)
-    await(tag, Native.diagnoser_info(diagnoser).lookup_timeout_ms, fn -> lost(name) end)
-  end
-
-  defp probe({:error, message}, kind, name) do
+  defp unusable_nameservers({:error, message}, kind, name) do
     %{
       name: name,
       record_type: kind |> Atom.to_string() |> String.upcase(),
