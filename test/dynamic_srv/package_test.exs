@@ -52,7 +52,8 @@ defmodule DynamicSrv.PackageTest do
 
   test "the README's dependency lines: Hex matches this version, libcluster 3.4+" do
     version = Mix.Project.config()[:version]
-    {:def, _, [{:deps, _, _}, [do: deps]]} = Code.string_to_quoted!(Readme.block!("deps-hex"))
+    # `mix new` writes `defp deps`, and so does the README.
+    {:defp, _, [{:deps, _, _}, [do: deps]]} = Code.string_to_quoted!(Readme.block!("deps-hex"))
     deps = Map.new(deps)
     assert Version.match?(version, deps[:libcluster_dynamic_srv])
     refute Version.match?("3.3.0", deps[:libcluster])
