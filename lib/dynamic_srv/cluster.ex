@@ -215,18 +215,14 @@ defmodule DynamicSrv.Cluster do
   def handle_info(:poll, state), do: {:noreply, %{state | timer: nil}}
 
   def handle_info({tag, poll}, %{poll_tag: tag} = state) when is_map(poll) do
-    before = state.member_names
-    state = apply_poll(poll, %{state | poll_tag: nil})
-
-    state =
-      DynamicSrv.Telemetry.poll_applied(
-        poll,
-        %{
-          joined: length(removed(poll.members, before)),
-          left: length(removed(before, poll.members))
-        },
-        state
-      )
+    # Who left is what this process last acted on minus the topology's members now, not the
+    # poll's own `left`: a reply we gave up on (the guard fired first) was applied to the
+    # topology all the same, and its leavers would otherwise never be disconnected.
+    left = removed(state.member_names, poll.members)
+    joined = removed(poll.members, state.member_names)
+    state = apply_poll(poll, left, %{state | poll_tag: nil})
+    change = %{joined: length(joined), left: length(left)}
+    state = DynamicSrv.Telemetry.poll_applied(poll, change, state)
 
     Enum.each(state.waiting, &GenServer.reply(&1, :ok))
     {:noreply, schedule_poll(%{state | waiting: []})}
@@ -322,11 +318,7 @@ defmodule DynamicSrv.Cluster do
   defp record({priority, weight, port, target}),
     do: {priority, weight, port, to_string(target)}
 
-  defp apply_poll(poll, state) do
-    # Who left is what this process last acted on minus the topology's members now, not the
-    # poll's own `left`: a reply we gave up on (the guard fired first) was applied to the
-    # topology all the same, and its leavers would otherwise never be disconnected.
-    left = removed(state.member_names, poll.members)
+  defp apply_poll(poll, left, state) do
     log_events(poll, state)
     log_left(left, state)
     {misconfig, lines} = Misconfig.check(state.misconfig, poll, state.options)

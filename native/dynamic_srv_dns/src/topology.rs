@@ -512,11 +512,10 @@ impl Topology {
     /// node names a peer could be dialed by (a valid name part, an IP or DNS host); returns
     /// the ones taken.
     pub fn seed(&self, nodes: Vec<String>) -> Vec<String> {
+        // `Name` mode: the host must be an IP or a DNS name, without srv mode's `name.host`.
         let valid = nodes.into_iter().filter(|node| {
             crate::node_naming::validate_node_name(node).is_ok()
-                && node.split_once('@').is_some_and(|(_, host)| {
-                    host.parse::<IpAddr>().is_ok() || validate_dns_name(host).is_ok()
-                })
+                && NodeName::parse(node).is_ok_and(|n| n.check_resolvable(PortMode::Name).is_ok())
         });
         self.membership().seed(valid)
     }
