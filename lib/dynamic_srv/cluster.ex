@@ -42,6 +42,9 @@ defmodule DynamicSrv.Cluster do
       never remove a member (see below). The epmd module's per-connection lookups use UDP.
     * `:removal_delay` — ms a node must be missing from complete answers before it counts
       as deregistered, default `10_000` (see below).
+    * `:disconnect_grace` — ms a node that left DNS gets to leave the cluster by itself
+      before this node disconnects it, default three polling intervals; `0` disconnects at
+      once (see below).
     * `:max_node_atoms` — at most this many new node atoms per topology over the life of the
       VM, default `16 * max_nodes`, so hostile DNS cannot fill the atom table. The count
       survives restarts: a topology that crashes and is restarted, or is stopped and started
@@ -75,9 +78,17 @@ defmodule DynamicSrv.Cluster do
     * One warning when a poll first finds this node unable to cluster (not distributed,
       short names, the stock epmd module, an epmd daemon started alongside), and one, repeated
       every 5 minutes, while DNS says the service does not exist or has no records.
-    * A node that sees *itself* leave DNS stops dialing its former members (with
-      `disconnect_on_deregister: true`), so the others' disconnect sticks; it dials again
-      once it is listed again.
+    * A node that sees *itself* leave DNS (with `disconnect_on_deregister: true`) leaves
+      the cluster through `:global.disconnect/0` and stops dialing its former members; it
+      dials again once it is listed again. The others disconnect a node that left only if
+      it is still connected `:disconnect_grace` later. Leaving this way is what keeps
+      `global` (`prevent_overlapping_partitions`, OTP's default) from disconnecting healthy
+      nodes from each other: a node the others drop one by one reports each loss, and the
+      rest then drop the node that dropped it. It leaves itself only with the default
+      disconnect function and when every node it is connected to is a member of this
+      topology; otherwise it leaves the disconnects to the others.
+    * A member missing from the last complete answer is not dialed: it is on its way out,
+      and may already have left.
     * Polls of a topology never overlap and are applied in the order they were asked for.
       One whose reply is late (a guard gives up after 60 s plus the polling interval and
       counts it as a failed poll) still finishes before the next one asks, and nothing it
@@ -88,7 +99,7 @@ defmodule DynamicSrv.Cluster do
   # Logger, prefixed with libcluster's "[libcluster:<topology>] " under the strategy.
   require DynamicSrv.Logger, as: Logger
 
-  alias DynamicSrv.Cluster.{Misconfig, NodeAtoms, Options}
+  alias DynamicSrv.Cluster.{Departure, Misconfig, NodeAtoms, Options}
   alias DynamicSrv.Native
 
   @default_connect {:net_kernel, :connect_node, []}
@@ -250,6 +261,12 @@ defmodule DynamicSrv.Cluster do
     {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
   end
 
+  def handle_info({:departed, nodes}, state) do
+    listed = MapSet.new(state.members)
+    nodes |> Enum.reject(&MapSet.member?(listed, &1)) |> then(&disconnect(&1, state))
+    {:noreply, state}
+  end
+
   # Timers of finished polls, connector exits.
   def handle_info(_stale, state), do: {:noreply, state}
 
@@ -328,24 +345,50 @@ defmodule DynamicSrv.Cluster do
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.
     state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
+    former_members = state.members
+    deregistered? = deregistered?(poll.members, left, state)
 
-    state = %{
-      state
-      | members: members,
-        member_names: poll.members,
-        deregistered?: deregistered?(poll.members, left, state)
-    }
+    if deregistered? and not state.deregistered? do
+      leaving =
+        if state.options.disconnect_on_deregister,
+          do: Departure.leave(state.disconnect, former_members)
+
+      Logger.info(
+        "this node left #{state.options.service} in DNS; not connecting to its members" <>
+          if(leaving, do: "; #{leaving}", else: "")
+      )
+    end
+
+    state = %{state | members: members, member_names: poll.members, deregistered?: deregistered?}
 
     if state.options.disconnect_on_deregister do
-      disconnect(Enum.flat_map(left, &existing_atom/1), state)
+      left |> Enum.flat_map(&existing_atom/1) |> Enum.reject(&(&1 == node())) |> depart(state)
     end
 
     # A node that left DNS stops dialing, or it would undo the others' disconnect on its
     # next poll. A node not yet listed (registration still in flight) dials as usual.
     if state.deregistered? and state.options.disconnect_on_deregister,
       do: state,
-      else: connect(members, state)
+      else: connect(dialable(members, poll), state)
   end
+
+  # Members a complete answer lacked are on their way out: dialing one that already left
+  # the cluster by itself would only bring it back until this node drops it too.
+  defp dialable(members, %{leaving: []}), do: members
+
+  defp dialable(members, %{leaving: leaving}) do
+    leaving = MapSet.new(leaving)
+    Enum.reject(members, &MapSet.member?(leaving, Atom.to_string(&1)))
+  end
+
+  # Nodes that left DNS get `disconnect_grace` to leave the cluster by themselves (see
+  # Departure); those still connected to this node then, and not listed again, are
+  # disconnected.
+  defp depart([], _state), do: :ok
+  defp depart(nodes, %{options: %{disconnect_grace: 0}} = state), do: disconnect(nodes, state)
+
+  defp depart(nodes, state),
+    do: Process.send_after(self(), {:departed, nodes}, state.options.disconnect_grace)
 
   defp removed(before, now) do
     now = MapSet.new(now)
@@ -364,10 +407,6 @@ defmodule DynamicSrv.Cluster do
         false
 
       listed?.(left) ->
-        Logger.info(
-          "this node left #{state.options.service} in DNS; not connecting to its members"
-        )
-
         true
 
       true ->

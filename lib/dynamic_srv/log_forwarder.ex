@@ -21,17 +21,32 @@ defmodule DynamicSrv.LogForwarder do
 
   alias DynamicSrv.Native
 
-  @doc "Starts the forwarder unless it runs; call only after `DynamicSrv.Native.load/0`."
+  @doc """
+  Starts the forwarder unless it runs, and returns once one is registered; call only after
+  `DynamicSrv.Native.load/0`.
+  """
   @spec ensure_started() :: :ok
   def ensure_started do
     if Process.whereis(__MODULE__) == nil do
-      :proc_lib.spawn(&init/0)
+      caller = self()
+      ready = make_ref()
+      {_pid, monitor} = :proc_lib.spawn_opt(fn -> init(caller, ready) end, [:monitor])
+
+      # It exits at once if another caller registered one first: that one serves as well.
+      receive do
+        {^ready, :registered} -> :ok
+        {:DOWN, ^monitor, :process, _pid, _reason} -> :ok
+      after
+        5_000 -> :ok
+      end
+
+      Process.demonitor(monitor, [:flush])
     end
 
     :ok
   end
 
-  defp init do
+  defp init(caller, ready) do
     # Started from whichever process loads the NIF (possibly an rpc call from a node that
     # goes away): answer to the node's own I/O, not the caller's.
     if user = Process.whereis(:user), do: Process.group_leader(self(), user)
@@ -44,6 +59,7 @@ defmodule DynamicSrv.LogForwarder do
     end
 
     :ok = Native.set_log_forwarder(self())
+    send(caller, {ready, :registered})
     loop()
   end
 

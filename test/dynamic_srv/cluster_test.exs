@@ -83,6 +83,8 @@ defmodule DynamicSrv.ClusterTest do
           polling_interval: 3_600_000,
           # Most tests here are about the two-answer rule; the time rule has its own test.
           removal_delay: 0,
+          # Disconnects at once; the grace a departing node gets has its own tests.
+          disconnect_grace: 0,
           # The atom budget is per topology for the life of the VM: one topology per test.
           topology: :"cluster_test_#{System.unique_integer([:positive])}",
           connect: {Recorder, :connect, []},
@@ -132,6 +134,64 @@ defmodule DynamicSrv.ClusterTest do
     assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
     assert connected() == [:"a@my-svc.service.consul"]
     assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+  end
+
+  describe "a node that left DNS gets disconnect_grace to leave by itself" do
+    # Like a departing node running this poller: it leaves the cluster on its own (global's
+    # way, see DynamicSrv.Cluster.Departure) within the grace, and is not disconnected again.
+    test "still connected after the grace: disconnected then, not before" do
+      {resolver, set} = answer_with([srv("a"), srv("b")])
+      pid = start_cluster(resolver, disconnect_grace: 300)
+      assert eventually(fn -> length(connected()) == 2 end)
+
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+      :ok = Cluster.poll_now(pid)
+      assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+      assert length(connected()) == 2, "disconnected before the grace ended"
+
+      assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end, 100)
+      assert {:disconnect, :"b@my-svc.service.consul"} in Recorder.log()
+    end
+
+    test "gone by itself within the grace, or listed again: no disconnect" do
+      {resolver, set} = answer_with([srv("a"), srv("b"), srv("c")])
+      pid = start_cluster(resolver, disconnect_grace: 200)
+      assert eventually(fn -> length(connected()) == 3 end)
+
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+      :ok = Cluster.poll_now(pid)
+      assert Cluster.members(pid) == [:"a@my-svc.service.consul"]
+      # b leaves the cluster by itself; c is listed again before the grace ends.
+      Recorder.drop(:"b@my-svc.service.consul")
+      set.([srv("a"), srv("c")])
+      :ok = Cluster.poll_now(pid)
+      Process.sleep(400)
+
+      refute Enum.any?(Recorder.log(), &match?({:disconnect, _}, &1))
+      assert :"c@my-svc.service.consul" in connected()
+    end
+  end
+
+  test "a member missing from the last complete answer is not dialed again" do
+    {resolver, set} = answer_with([srv("a"), srv("b")])
+    pid = start_cluster(resolver, removal_delay: 600_000)
+    assert eventually(fn -> length(connected()) == 2 end)
+
+    # b drops its connection as it is delisted: still a member (removal_delay), not dialed.
+    set.([srv("a")])
+    Recorder.drop(:"b@my-svc.service.consul")
+    Recorder.drop(:"a@my-svc.service.consul")
+    for _ <- 1..3, do: :ok = Cluster.poll_now(pid)
+    assert length(Cluster.members(pid)) == 2
+    assert eventually(fn -> connected() == [:"a@my-svc.service.consul"] end)
+    assert Enum.count(Recorder.log(), &(&1 == {:connect, :"b@my-svc.service.consul"})) == 1
+
+    # Listed again: dialed at once.
+    set.([srv("a"), srv("b")])
+    :ok = Cluster.poll_now(pid)
+    assert eventually(fn -> length(connected()) == 2 end)
   end
 
   test "a node missing for less than removal_delay stays, however many answers lack it" do

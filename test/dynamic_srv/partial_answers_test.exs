@@ -37,6 +37,7 @@ defmodule DynamicSrv.PartialAnswersTest do
         dns_transport: transport,
         polling_interval: 100,
         removal_delay: 300,
+        disconnect_grace: 0,
         connect: {Rec, :connect, []},
         disconnect: {Rec, :disconnect, []},
         list_nodes: {Rec, :list_nodes, []}

@@ -107,6 +107,7 @@ defmodule DynamicSrv.PollOrderTest do
          dns_transport: :udp,
          polling_interval: 3_600_000,
          removal_delay: 0,
+         disconnect_grace: 0,
          topology: :poll_order_test,
          connect: {Rec, :connect, []},
          disconnect: {Rec, :disconnect, []},

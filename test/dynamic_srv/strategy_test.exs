@@ -52,7 +52,7 @@ defmodule DynamicSrv.StrategyTest do
       connect: {Links, connect, []},
       disconnect: {Links, :disconnect, []},
       list_nodes: {Links, :list_nodes, []},
-      config: [service: @service, polling_interval: 3_600_000] ++ config,
+      config: [service: @service, polling_interval: 3_600_000, disconnect_grace: 0] ++ config,
       meta: meta
     }
   end

@@ -182,6 +182,61 @@ defmodule DynamicSrv.Integration.MembershipTest do
     end
   end
 
+  # OTP's defaults (connect_all, prevent_overlapping_partitions): a node the others drop
+  # one by one reports each loss, and global on the rest then drops the reporter too. The
+  # delisted node leaves by itself through :global.disconnect/0 instead (Departure).
+  test "under global's defaults a node delisted while running leaves, and no other link drops" do
+    specs = specs(for i <- 1..6, do: "n#{i}")
+    dns = start_dns!(records(specs))
+    peers = boot!(specs, dns, %{}, global: :otp_defaults)
+    {gone, kept} = List.pop_at(peers, 5)
+
+    for peer <- peers do
+      for setting <- [:connect_all, :prevent_overlapping_partitions],
+          do: refute(Peer.call(peer, :application, :get_env, [:kernel, setting]) == {:ok, false})
+
+      :ok = Peer.call(peer, :logger, :set_primary_config, [:level, :info])
+      :ok = Peer.call(peer, NodeAgent, :start_log_capture, [:info])
+    end
+
+    # The removal delay spreads the nodes' decisions over several polls, as in production.
+    start_clusters!(peers, [removal_delay: 1_500] ++ counting())
+    assert_full_mesh(peers)
+    downs_before = Map.new(kept, &{&1.name, nodedowns(&1)})
+
+    restart_dns!(dns, records(Enum.take(specs, 5)))
+
+    for peer <- kept do
+      assert Mesh.eventually(fn -> gone.name not in node_list(peer) end, 300),
+             "#{peer.name} is still connected to #{gone.name}"
+    end
+
+    # Past every node's removal and grace (3 polls), nothing comes back and nothing else fell.
+    await_polls(kept, 8)
+    assert Peer.call(gone, Node, :list, []) == []
+
+    for peer <- kept do
+      refute gone.name in node_list(peer)
+      downs = nodedowns(peer) - downs_before[peer.name]
+
+      assert downs == 1,
+             "#{peer.name} saw #{downs} nodedowns (only #{gone.name}'s expected): " <>
+               inspect(Peer.call(peer, NodeAgent, :node_events, []))
+    end
+
+    assert_full_mesh(kept)
+
+    assert Enum.any?(
+             Peer.call(gone, NodeAgent, :captured_logs, []),
+             fn {_level, text} ->
+               text =~ "this node left #{@service} in DNS" and
+                 text =~
+                   "leaving the cluster: disconnecting from its 5 nodes through :global.disconnect/0"
+             end
+           ),
+           inspect(Peer.call(gone, NodeAgent, :captured_logs, []))
+  end
+
   test "a node killed and booted again on a new port is back in every node's Node.list" do
     specs = specs(for i <- 1..5, do: "n#{i}")
     dns = start_dns!(records(specs))

@@ -32,6 +32,8 @@ defmodule DynamicSrv.Test.ConsulDns do
   @default_node_meta %{"consul-network-segment" => "", "consul-version" => "1.18.0"}
 
   @log_limit 20_000
+  # Calls wait behind queries; a benchmark VM at load 200 can take seconds to get to them.
+  @call_timeout 30_000
 
   @doc """
   Starts the server on a free loopback port. Options (Consul's `dns_config` names):
@@ -66,17 +68,17 @@ defmodule DynamicSrv.Test.ConsulDns do
       tags: Map.get(instance, :tags, [])
     }
 
-    GenServer.call(pid, {:register, String.downcase(service), id, instance})
+    GenServer.call(pid, {:register, String.downcase(service), id, instance}, @call_timeout)
   end
 
   @spec deregister(%__MODULE__{}, String.t(), term()) :: :ok
   def deregister(%__MODULE__{pid: pid}, service, id),
-    do: GenServer.call(pid, {:deregister, String.downcase(service), id})
+    do: GenServer.call(pid, {:deregister, String.downcase(service), id}, @call_timeout)
 
   @doc "Changes one of the `start!/1` options; queries read after this call see it."
   @spec set_option(%__MODULE__{}, atom(), term()) :: :ok
   def set_option(%__MODULE__{pid: pid}, key, value) when is_map_key(@defaults, key),
-    do: GenServer.call(pid, {:set_option, key, value})
+    do: GenServer.call(pid, {:set_option, key, value}, @call_timeout)
 
   @doc "The server as a `DYNAMIC_SRV_NAMESERVERS` entry."
   @spec nameserver(%__MODULE__{}) :: String.t()
@@ -88,14 +90,14 @@ defmodule DynamicSrv.Test.ConsulDns do
   trimming, summed), and `answers`: `%{{sent, built} => count}`, to count trimmed answers.
   """
   @spec stats(%__MODULE__{}) :: %{{atom(), :udp | :tcp} => map()}
-  def stats(%__MODULE__{pid: pid}), do: GenServer.call(pid, :stats)
+  def stats(%__MODULE__{pid: pid}), do: GenServer.call(pid, :stats, @call_timeout)
 
   @doc """
   The queries seen, oldest first (at least the last #{@log_limit}): maps with `transport`, `name`,
   `qtype`, `rcode`, `edns` (the advertised size or nil), `sent`, `built`, `trimmed`, `tc`.
   """
   @spec log(%__MODULE__{}) :: [map()]
-  def log(%__MODULE__{pid: pid}), do: GenServer.call(pid, :log)
+  def log(%__MODULE__{pid: pid}), do: GenServer.call(pid, :log, @call_timeout)
 
   @spec stop(%__MODULE__{}) :: :ok
   def stop(%__MODULE__{pid: pid}) do

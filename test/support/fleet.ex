@@ -165,7 +165,9 @@ defmodule DynamicSrv.Test.Fleet do
   @doc """
   Boots the nodes in parallel (each in its spec's netns, if any) against `dns` (a DnsServer
   or a ScriptedDns); the test process becomes the owner of every node's port. Options:
-  `:erl_args`, a list or a function of the spec, added to `-connect_all false`.
+  `:erl_args`, a list or a function of the spec, added to `-connect_all false`;
+  `global: :otp_defaults` leaves `-connect_all false` out (global connects transitively and
+  prevents overlapping partitions, as in production).
   """
   def boot!(specs, dns, extra_env \\ %{}, opts \\ []) do
     erl_args =
@@ -176,11 +178,15 @@ defmodule DynamicSrv.Test.Fleet do
 
     start_peers!(specs, fn spec ->
       Peer.start!(Atom.to_string(node_name(spec)), env(spec, dns, extra_env),
-        erl_args: ["-connect_all", "false" | erl_args.(spec)],
+        erl_args: global_args(opts) ++ erl_args.(spec),
         netns: Map.get(spec, :netns),
         epmd_config: Keyword.get(opts, :epmd_config, :flag)
       )
     end)
+  end
+
+  defp global_args(opts) do
+    if Keyword.get(opts, :global) == :otp_defaults, do: [], else: ["-connect_all", "false"]
   end
 
   @doc """

@@ -14,7 +14,8 @@ defmodule DynamicSrv.Cluster.Options do
     :max_nodes,
     :max_node_atoms,
     :dns_transport,
-    :removal_delay
+    :removal_delay,
+    :disconnect_grace
   ]
 
   @spec validate!(keyword()) :: map()
@@ -33,6 +34,9 @@ defmodule DynamicSrv.Cluster.Options do
 
     max_nodes = get(config, :max_nodes, 1024, &pos_integer?/1, "a positive integer")
 
+    polling_interval =
+      get(config, :polling_interval, 5_000, &pos_integer?/1, "a positive number of milliseconds")
+
     %{
       service:
         get(
@@ -42,14 +46,7 @@ defmodule DynamicSrv.Cluster.Options do
           &service?/1,
           "a DNS name string such as \"my-svc.service.consul\""
         ),
-      polling_interval:
-        get(
-          config,
-          :polling_interval,
-          5_000,
-          &pos_integer?/1,
-          "a positive number of milliseconds"
-        ),
+      polling_interval: polling_interval,
       disconnect_on_deregister:
         get(config, :disconnect_on_deregister, true, &is_boolean/1, "a boolean"),
       resolver:
@@ -71,6 +68,16 @@ defmodule DynamicSrv.Cluster.Options do
           config,
           :removal_delay,
           10_000,
+          &(is_integer(&1) and &1 >= 0 and &1 <= 86_400_000),
+          "milliseconds from 0 to 86400000"
+        ),
+      # Two nodes decide a third left up to about two polling intervals apart (each waits for
+      # its own confirmations); three cover it, so the node itself leaves first.
+      disconnect_grace:
+        get(
+          config,
+          :disconnect_grace,
+          3 * polling_interval,
           &(is_integer(&1) and &1 >= 0 and &1 <= 86_400_000),
           "milliseconds from 0 to 86400000"
         ),

@@ -49,6 +49,11 @@ pub struct Change {
     pub over_limit: usize,
     /// Members this answer lacked that are still members (not yet confirmed gone).
     pub kept_missing: usize,
+    /// Members missing from the last complete answer (or more) that are still members: on
+    /// their way out, so not worth dialing. A member a possibly partial answer left out is
+    /// not among them unless a complete answer lacked it too, nor a seed no answer has listed
+    /// yet (it was given as a member to dial).
+    pub leaving: Vec<String>,
     /// This answer and the one before each lacked members the answer before them listed
     /// while listing members it lacked: the server rotates a subset of the service through its
     /// answers. (Once alone can be two stable-named nodes restarting at the same time.)
@@ -131,6 +136,9 @@ impl Membership {
                 }
             }
             change.kept_missing += 1;
+            if absence.answers > 0 && !absence.seeded {
+                change.leaving.push(node.clone());
+            }
             true
         });
         if complete {
@@ -308,6 +316,27 @@ mod tests {
         let c = p.answer(&["a", "b"]);
         assert_eq!(c.left, names(&["c"]));
         assert_eq!(c.members, names(&["a", "b"]));
+    }
+
+    #[test]
+    fn leaving_lists_members_a_complete_answer_lacked_until_they_leave_or_return() {
+        let mut p = Poller::new(10, Duration::from_secs(5));
+        p.answer(&["a", "b", "c"]);
+        // Left out of a possibly partial answer only: still worth dialing.
+        assert!(p.partial(&["a"]).leaving.is_empty());
+        let c = p.answer(&["a", "b"]);
+        assert_eq!(c.leaving, names(&["c"]));
+        // A partial answer lacking it too keeps it on its way out.
+        assert_eq!(p.partial(&["a", "b"]).leaving, names(&["c"]));
+        // Back in an answer: a member like any other again.
+        assert!(p.answer(&["a", "b", "c"]).leaving.is_empty());
+        p.answer(&["a", "b"]);
+        p.answer(&["a", "b"]);
+        let c = p.answer(&["a", "b"]);
+        assert_eq!((c.left, c.leaving), (names(&["c"]), vec![]));
+        // A failed poll says nothing about who is leaving.
+        p.answer(&["a"]);
+        assert!(p.m.observe_failure("timeout").leaving.is_empty());
     }
 
     #[test]
@@ -540,6 +569,7 @@ mod tests {
         let c = p.answer(&["a"]);
         assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
         assert_eq!(c.kept_missing, 1);
+        assert!(c.leaving.is_empty(), "a seed is dialed until it leaves: {c:?}");
         // Missing from two agreeing complete answers 10 s apart: gone, like any member.
         let c = p.answer(&["a"]);
         assert!(c.left.is_empty(), "{c:?}");

@@ -31,7 +31,7 @@ mod atoms {
         ok, error, miss, inet, inet6, noport, runtime_unavailable, internal_error,
         service_prefix, basename_port, basename, basename_ip, basename_port_ip,
         members, joined, left, outage_started, outage_ended, over_limit, unmapped, records,
-        partial_warning, failed, queries, absent, reason, servers, udp, tcp,
+        partial_warning, failed, queries, absent, leaving, reason, servers, udp, tcp,
         env, default, srv, a, aaaa, error_level = "error", warning, info, debug,
     }
 }
@@ -736,6 +736,7 @@ fn encode_poll<'a>(env: Env<'a>, poll: &Poll) -> Term<'a> {
         (atoms::members(), change.members.encode(env)),
         (atoms::joined(), change.joined.encode(env)),
         (atoms::left(), change.left.encode(env)),
+        (atoms::leaving(), change.leaving.encode(env)),
         (atoms::outage_started(), change.outage_started.encode(env)),
         (atoms::outage_ended(), change.outage_ended.encode(env)),
         (atoms::over_limit(), change.over_limit.encode(env)),
