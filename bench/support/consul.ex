@@ -110,24 +110,26 @@ defmodule DynamicSrv.Bench.Consul do
   # queue length is the number of polls since. Returns the sinks. (Section 10 uses it too.)
   @doc false
   def count_polls!(peers) do
-    owners = Peer.call_all(peers, :persistent_term, :get, [{@agent, :poller_owner}])
+    # One task per node: at load 200 a call takes tens of ms, and 100 nodes × 3 calls in a
+    # row would take longer than the window they set up.
+    peers
+    |> Enum.map(fn peer -> Task.async(fn -> trace_polls!(peer) end) end)
+    |> Task.await_many(120_000)
+  end
 
-    pollers =
-      for {peer, owner} <- Enum.zip(peers, owners) do
-        case Peer.call(peer, :erlang, :process_info, [owner, :links]) do
-          {:links, [poller]} -> poller
-          other -> raise "#{peer.name}: no poller (#{inspect(other)})"
-        end
+  defp trace_polls!(peer) do
+    owner = Peer.call(peer, :persistent_term, :get, [{@agent, :poller_owner}])
+
+    poller =
+      case Peer.call(peer, :erlang, :process_info, [owner, :links]) do
+        {:links, [poller]} -> poller
+        other -> raise "#{peer.name}: no poller (#{inspect(other)})"
       end
 
-    sinks = for peer <- peers, do: Peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
-
-    for {peer, poller, sink} <- Enum.zip([peers, pollers, sinks]) do
-      _ = Peer.call(peer, :erlang, :trace_pattern, [:receive, [{[:_, :_, :poll], [], []}], []])
-      1 = Peer.call(peer, :erlang, :trace, [poller, true, [:receive, {:tracer, sink}]])
-    end
-
-    sinks
+    sink = Peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
+    _ = Peer.call(peer, :erlang, :trace_pattern, [:receive, [{[:_, :_, :poll], [], []}], []])
+    1 = Peer.call(peer, :erlang, :trace, [poller, true, [:receive, {:tracer, sink}]])
+    sink
   end
 
   # Counters at one instant: polls so far (trace messages waiting in each sink), nodedowns,

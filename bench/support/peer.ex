@@ -22,7 +22,8 @@ defmodule DynamicSrv.Bench.Peer do
   server on 127.0.0.1 given as `%{port: port, dir: scratch_dir}` (the Consul section's
   ConsulDns). Options, for all nodes or per spec (a spec's `erl_args` come after the shared
   ones, its `env` is merged over them, its `ebin`/`epmd_module` win): `erl_args`, `env`,
-  `ebin`, `epmd_module` (default: the arm's). Returns the peers in spec order.
+  `ebin`, `epmd_module` (default: the arm's), `nice` (run the VM at this niceness). Returns
+  the peers in spec order.
   """
   def start_many!(specs, dns, opts \\ []) do
     inetrc = write_inetrc(dns)
@@ -82,10 +83,17 @@ defmodule DynamicSrv.Bench.Peer do
 
     parent = self()
 
+    # nice execs erl: the OS pid is the VM's either way.
+    {executable, args} =
+      case opts[:nice] do
+        nil -> {erl, args}
+        n -> {System.find_executable("nice"), ["-n", Integer.to_string(n), erl | args]}
+      end
+
     owner =
       spawn(fn ->
         port =
-          Port.open({:spawn_executable, erl}, [
+          Port.open({:spawn_executable, executable}, [
             :binary,
             :exit_status,
             :stderr_to_stdout,
