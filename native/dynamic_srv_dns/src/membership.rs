@@ -569,7 +569,10 @@ mod tests {
         let c = p.answer(&["a"]);
         assert!(c.joined.is_empty() && c.left.is_empty(), "{c:?}");
         assert_eq!(c.kept_missing, 1);
-        assert!(c.leaving.is_empty(), "a seed is dialed until it leaves: {c:?}");
+        assert!(
+            c.leaving.is_empty(),
+            "a seed is dialed until it leaves: {c:?}"
+        );
         // Missing from two agreeing complete answers 10 s apart: gone, like any member.
         let c = p.answer(&["a"]);
         assert!(c.left.is_empty(), "{c:?}");
