@@ -24,7 +24,11 @@ defmodule DynamicSrv.Bench.Scale do
   @agent DynamicSrv.Bench.Agent
   @interval 5_000
   @consul_service "my-app.service.consul"
-  @max_vms 210
+  # Three groups (25 and 50 nodes; the three 100-node clusters against dnsmasq; the two
+  # against ConsulDns): ~55 MB a VM, 17 GB of this machine's 24 at the peak.
+  @max_vms 310
+  # A VM needs about 55 MB; a cluster is not booted without this much headroom per VM.
+  @mb_per_vm 80
   @sample_ms 250
   @call_timeout 30_000
   # The nodes under test run below the DNS servers and this harness: a real Consul agent or
@@ -61,12 +65,14 @@ defmodule DynamicSrv.Bench.Scale do
       |> Enum.with_index(1)
       |> Enum.map(fn {spec, c} -> Map.put(spec, :net, c) end)
 
+    :persistent_term.put({__MODULE__, :t0}, System.monotonic_time(:millisecond))
+
     results =
       specs
       |> groups()
       |> Enum.reduce(%{}, fn group, acc ->
         labels = Enum.map_join(group, ", ", &label/1)
-        IO.puts(:stderr, "    scale: #{labels}")
+        IO.puts(:stderr, "    #{clock()} scale: #{labels}")
         Map.merge(acc, guarded_group(group, cfg))
       end)
 
@@ -193,6 +199,10 @@ defmodule DynamicSrv.Bench.Scale do
 
   defp boot(spec) do
     n = spec.n
+    free_mb = Os.mem_available_mb()
+
+    if free_mb < (n + 1) * @mb_per_vm,
+      do: raise("not booted: #{free_mb} MB available, #{n + 1} VMs need #{(n + 1) * @mb_per_vm}")
 
     c =
       Map.merge(spec, %{
@@ -586,7 +596,15 @@ defmodule DynamicSrv.Bench.Scale do
      }}
   end
 
-  defp progress(c, text), do: IO.puts(:stderr, "      #{label(c)}: #{text}")
+  defp progress(c, text), do: IO.puts(:stderr, "      #{clock()} #{label(c)}: #{text}")
+
+  # Minutes and seconds since the section started, so a run's log shows where time goes.
+  defp clock do
+    s =
+      div(System.monotonic_time(:millisecond) - :persistent_term.get({__MODULE__, :t0}, 0), 1000)
+
+    :io_lib.format("~2..0B:~2..0B", [div(s, 60), rem(s, 60)]) |> to_string()
+  end
 
   defp call(peers, m, f, a), do: Peer.call_all(peers, m, f, a, @call_timeout)
 
@@ -953,7 +971,7 @@ defmodule DynamicSrv.Bench.Scale do
       end
 
     [
-      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to 210 VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores; starved by 200 VMs, a server answered late enough for the resolvers of both arms to ask again: 1.15–1.27 queries per poll at 100 nodes), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
+      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores; starved by 200 VMs, a server answered late enough for the resolvers of both arms to ask again: 1.15–1.27 queries per poll at 100 nodes), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
         "dnsmasq: nodes `nK@sN-C.bench.test`, SRV on the service to `nK.sN-C.bench.test` with its port, an SRV and an A record on that target; ours: `DynamicSrv.Epmd` (srv mode) and `DynamicSrv.Cluster` (defaults: TCP, `removal_delay` 10 s); classic: the classic epmd module (SRV + A per `address_please/3`, no NIF) and the classic poller (one `:inet_res` SRV query per poll, the last answer is the membership). A DNS change restarts dnsmasq (it cannot reload SRV records): a few ms without a server, which ours rides out (a failed poll keeps the membership) and the classic poller reads as an empty answer. " <>
         "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul.",
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load; the joins run one after the other. " <>
