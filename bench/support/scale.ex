@@ -52,8 +52,8 @@ defmodule DynamicSrv.Bench.Scale do
 
     specs =
       for n <- Enum.sort(sizes),
-          # The pop-off cluster first: it then shares a group with the smaller clusters
-          # before it, and the two arms of each size share one.
+          # The pop-off cluster first: with the two dnsmasq arms after it, the three share
+          # a group (the same load), and the ConsulDns pair the next.
           spec <-
             if(n == pop_off, do: [{:dnsmasq, :ours, false}], else: []) ++
               [{:dnsmasq, :ours, true}, {:dnsmasq, :classic, true}] ++
