@@ -126,6 +126,7 @@ defmodule DynamicSrv.Cluster do
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     {gen_opts, opts} = Keyword.split(opts, [:name])
+    opts = Keyword.put(opts, :registered_name, gen_opts[:name])
 
     with :enabled <- Misconfig.disabled(opts),
          do: GenServer.start_link(__MODULE__, opts, gen_opts)
@@ -149,7 +150,8 @@ defmodule DynamicSrv.Cluster do
         :list_nodes,
         :libcluster,
         :initial_members,
-        :log_prefix
+        :log_prefix,
+        :registered_name
       ])
 
     options = Options.validate!(config)
@@ -158,9 +160,12 @@ defmodule DynamicSrv.Cluster do
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
          {:ok, topology} <-
            Native.topology_new(DynamicSrv.Nameservers.environment(), native_options(options)) do
+      topology_name = Keyword.get(engine_opts, :topology, :dynamic_srv)
+
       state = %{
         options: options,
-        topology: Keyword.get(engine_opts, :topology, :dynamic_srv),
+        topology: topology_name,
+        departure: Departure.init(topology_name, engine_opts[:registered_name]),
         connect: Keyword.get(engine_opts, :connect, @default_connect),
         disconnect: Keyword.get(engine_opts, :disconnect, @default_disconnect),
         list_nodes: Keyword.get(engine_opts, :list_nodes, @default_list_nodes),
@@ -173,6 +178,7 @@ defmodule DynamicSrv.Cluster do
         over_limit_warned?: false,
         misconfig: Misconfig.new(),
         deregistered?: false,
+        self_absent?: false,
         connecting: MapSet.new(),
         poll_tag: nil,
         resolver_worker: nil,
@@ -261,9 +267,21 @@ defmodule DynamicSrv.Cluster do
     {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
   end
 
-  def handle_info({:departed, nodes}, state) do
-    listed = MapSet.new(state.members)
-    nodes |> Enum.reject(&MapSet.member?(listed, &1)) |> then(&disconnect(&1, state))
+  def handle_info({:departed, nodes}, state),
+    do: {:noreply, disconnect_departed(state, nodes)}
+
+  def handle_info({:nodedown, node}, state),
+    do: {:noreply, %{state | departure: Departure.nodedown(state.departure, node)}}
+
+  # A member found this node gone from the service.
+  def handle_info({:dynamic_srv_left, service, from}, %{options: %{service: service}} = state) do
+    state = %{state | departure: Departure.confirmed(state.departure, from)}
+
+    state =
+      if state.options.disconnect_on_deregister,
+        do: leave(state),
+        else: state
+
     {:noreply, state}
   end
 
@@ -345,25 +363,34 @@ defmodule DynamicSrv.Cluster do
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.
     state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
-    former_members = state.members
     deregistered? = deregistered?(poll.members, left, state)
 
-    if deregistered? and not state.deregistered? do
-      leaving =
-        if state.options.disconnect_on_deregister,
-          do: Departure.leave(state.disconnect, former_members)
+    state =
+      if deregistered?, do: state, else: %{state | departure: Departure.listed(state.departure)}
 
+    if deregistered? and not state.deregistered? do
       Logger.info(
-        "this node left #{state.options.service} in DNS; not connecting to its members" <>
-          if(leaving, do: "; #{leaving}", else: "")
+        "this node left #{state.options.service} in DNS; " <>
+          if(state.options.disconnect_on_deregister,
+            do:
+              "not connecting to its members; it leaves the cluster once one of them finds " <>
+                "it gone too",
+            else: "disconnect_on_deregister is false, so it stays connected"
+          )
       )
     end
 
     state = %{state | members: members, member_names: poll.members, deregistered?: deregistered?}
 
-    if state.options.disconnect_on_deregister do
-      left |> Enum.flat_map(&existing_atom/1) |> Enum.reject(&(&1 == node())) |> depart(state)
-    end
+    state = %{state | self_absent?: deregistered? or me?(poll.leaving)}
+
+    state =
+      if state.options.disconnect_on_deregister do
+        gone = left |> Enum.flat_map(&existing_atom/1) |> Enum.reject(&(&1 == node()))
+        state |> depart(gone) |> leave()
+      else
+        state
+      end
 
     # A node that left DNS stops dialing, or it would undo the others' disconnect on its
     # next poll. A node not yet listed (registration still in flight) dials as usual.
@@ -381,32 +408,57 @@ defmodule DynamicSrv.Cluster do
     Enum.reject(members, &MapSet.member?(leaving, Atom.to_string(&1)))
   end
 
-  # Nodes that left DNS get `disconnect_grace` to leave the cluster by themselves (see
-  # Departure); those still connected to this node then, and not listed again, are
-  # disconnected.
-  defp depart([], _state), do: :ok
-  defp depart(nodes, %{options: %{disconnect_grace: 0}} = state), do: disconnect(nodes, state)
+  # Nodes that left DNS are told so, and get `disconnect_grace` to leave the cluster by
+  # themselves (see Departure); those still on the same connection then are disconnected.
+  defp depart(state, []), do: state
 
-  defp depart(nodes, state),
-    do: Process.send_after(self(), {:departed, nodes}, state.options.disconnect_grace)
+  defp depart(state, gone) do
+    {departure, still} =
+      Departure.others_left(state.departure, gone, state.options.service, list_nodes(state))
+
+    state = %{state | departure: departure}
+
+    case state.options.disconnect_grace do
+      0 -> disconnect_departed(state, still)
+      grace -> tap(state, fn _ -> Process.send_after(self(), {:departed, still}, grace) end)
+    end
+  end
+
+  defp disconnect_departed(state, nodes) do
+    {departure, due} = Departure.due(state.departure, nodes)
+    listed = MapSet.new(state.members)
+    disconnect(Enum.reject(due, &MapSet.member?(listed, &1)), state)
+    %{state | departure: departure}
+  end
+
+  # This node, once its own last complete answer lacked it and a member found it gone too.
+  defp leave(%{self_absent?: false} = state), do: state
+
+  defp leave(state) do
+    {departure, line} = Departure.maybe_leave(state.departure, state.disconnect)
+    if line, do: Logger.info(line)
+    %{state | departure: departure}
+  end
 
   defp removed(before, now) do
     now = MapSet.new(now)
     Enum.reject(before, &MapSet.member?(now, &1))
   end
 
-  defp deregistered?(members, left, state) do
+  defp me?(names) do
     me = node() |> Atom.to_string() |> String.downcase()
-    listed? = fn names -> Enum.any?(names, &(String.downcase(&1) == me)) end
+    Enum.any?(names, &(String.downcase(&1) == me))
+  end
 
+  defp deregistered?(members, left, state) do
     cond do
-      listed?.(members) ->
+      me?(members) ->
         state.deregistered? &&
           Logger.info("this node is listed in #{state.options.service} again")
 
         false
 
-      listed?.(left) ->
+      me?(left) ->
         true
 
       true ->
@@ -447,7 +499,10 @@ defmodule DynamicSrv.Cluster do
   defp log_left([], _state), do: :ok
 
   defp log_left(left, state),
-    do: Logger.info("#{length(left)} nodes left #{state.options.service} in DNS: #{sample(left)}")
+    do:
+      Logger.info(
+        "#{Departure.count(left, "node")} left #{state.options.service} in DNS: #{sample(left)}"
+      )
 
   defp sample(names) when length(names) <= 10, do: Enum.join(names, ", ")
   defp sample(names), do: Enum.join(Enum.take(names, 10), ", ") <> ", ..."

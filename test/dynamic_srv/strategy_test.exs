@@ -94,7 +94,7 @@ defmodule DynamicSrv.StrategyTest do
     assert {:disconnect, :"b@my-svc.service.consul"} in Links.log()
     assert Links.list_nodes() == [:"a@my-svc.service.consul"]
     # Under the strategy, this package's lines carry libcluster's prefix.
-    assert log =~ "[libcluster:app] 1 nodes left #{@service} in DNS: b@my-svc.service.consul"
+    assert log =~ "[libcluster:app] 1 node left #{@service} in DNS: b@my-svc.service.consul"
 
     GenServer.stop(pid)
   end

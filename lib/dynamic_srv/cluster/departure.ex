@@ -6,46 +6,132 @@ defmodule DynamicSrv.Cluster.Departure do
   # tells every node it still sees, and they disconnect the node it lost. So when node A
   # drops a delisted node X on its own, X reports "lost A" to the rest, and they all drop A:
   # 2×(N−1) nodedowns between healthy nodes per delisting. OTP's answer is
-  # `:global.disconnect/0`, run on X: it leaves every node at once without reporting any
-  # loss. So X leaves by itself when its own poll sees it delisted, and the others wait
-  # `disconnect_grace` before disconnecting X themselves (the fallback for a node that does
-  # not run this poller, or sees DNS differently).
+  # `:global.disconnect/0`, run on X: it leaves every node at once without reporting a loss.
+  #
+  # The protocol: a member that finds X gone tells X's poller (the same registered name on
+  # every node) and gives X `disconnect_grace` to leave before it disconnects X itself. X
+  # leaves when its own poll also finds it gone *and* a member told it so: a lie told to X
+  # alone, or to one member alone, makes nobody leave. The fallback disconnect targets the
+  # connection X had when it left, never a new incarnation under the same name.
 
   @default_disconnect {:erlang, :disconnect_node, []}
 
-  @doc """
-  Called once when this node's own poll finds it delisted. Leaves through
-  `:global.disconnect/0` when that is safe to do for this topology; returns a phrase for the
-  log line saying what happened.
-  """
-  @spec leave(disconnect :: {module(), atom(), list()}, former_members :: [node()]) :: String.t()
-  def leave(disconnect, former_members) do
-    connected = Node.list(:visible)
-    outside = connected -- former_members
+  defstruct name: nil, confirmed_by: nil, departing: MapSet.new()
 
+  @typedoc """
+  `:left` (it disconnected through `:global.disconnect/0`), `:alone` (nothing to leave) or
+  `{:never, why}` (leave the disconnects to the others).
+  """
+  @type outcome :: :left | :alone | {:never, String.t()}
+
+  @doc """
+  Called from the poller's `init/1`: watches nodedowns (a departure ends with its
+  connection) and registers the poller under the name the other nodes' pollers send to:
+  `name` if the poller was started with a local one, else one derived from the topology.
+  """
+  def init(topology, name) do
+    :net_kernel.monitor_nodes(true)
+
+    name =
+      cond do
+        is_atom(name) and name != nil ->
+          name
+
+        Process.whereis(derived = :"Elixir.DynamicSrv.Cluster.#{topology}") == nil ->
+          Process.register(self(), derived)
+          derived
+
+        # The same topology started twice on one node: only the first hears departures.
+        true ->
+          nil
+      end
+
+    %__MODULE__{name: name}
+  end
+
+  @doc """
+  Nodes this node's poll found gone: tells those still connected, and returns the ones to
+  disconnect after the grace (`due/2`) unless their connection ends first (`nodedown/2`).
+  """
+  def others_left(%__MODULE__{} = dep, nodes, service, connected) do
+    connected = MapSet.new(connected)
+    still = Enum.filter(nodes, &MapSet.member?(connected, &1))
+
+    if dep.name do
+      for node <- still,
+          do: :erlang.send({dep.name, node}, {:dynamic_srv_left, service, node()}, [:noconnect])
+    end
+
+    {%{dep | departing: Enum.into(still, dep.departing)}, still}
+  end
+
+  def nodedown(%__MODULE__{} = dep, node),
+    do: %{dep | departing: MapSet.delete(dep.departing, node)}
+
+  @doc "Of `nodes` whose grace ended, those still on the connection they left on."
+  def due(%__MODULE__{} = dep, nodes) do
+    due = Enum.filter(nodes, &MapSet.member?(dep.departing, &1))
+    {%{dep | departing: Enum.reduce(due, dep.departing, &MapSet.delete(&2, &1))}, due}
+  end
+
+  @doc "A member told this node it left `service`."
+  def confirmed(%__MODULE__{} = dep, from), do: %{dep | confirmed_by: from}
+
+  @doc "This node's own poll lists it: earlier confirmations no longer stand."
+  def listed(%__MODULE__{} = dep), do: %{dep | confirmed_by: nil}
+
+  @doc """
+  Leaves if this node's own poll found it gone (missing from its last complete answer) and a
+  member confirmed it. Returns the updated state and a line to log, or nil.
+  """
+  def maybe_leave(%__MODULE__{confirmed_by: nil} = dep, _disconnect), do: {dep, nil}
+
+  def maybe_leave(%__MODULE__{} = dep, disconnect) do
+    connected = Node.list(:visible)
+    outcome = plan(disconnect, connected, global_disconnect?())
+    # It waits for every nodedown: off the poller, so polls and calls go on meanwhile.
+    if outcome == :left, do: spawn(fn -> :global.disconnect() end)
+    line = "#{describe(outcome, length(connected))} (#{dep.confirmed_by} found it gone too)"
+    {%{dep | confirmed_by: nil}, line}
+  end
+
+  @doc """
+  What `maybe_leave/2` does, given the node's visible connections. It leaves every one of
+  them, as `:global.disconnect/0` does: a node not listed yet is not dialed by the others
+  either, and a node in two topologies is dialed again by the other one's next poll.
+  """
+  @spec plan({module(), atom(), list()}, [node()], boolean()) :: outcome()
+  def plan(disconnect, connected, global_disconnect?) do
     cond do
       disconnect != @default_disconnect ->
-        "leaving the disconnects to the others (a custom disconnect function is configured)"
+        {:never, "a custom disconnect function is configured"}
 
-      not global_disconnect?() ->
-        "leaving the disconnects to the others (:global.disconnect/0 needs OTP 25.1+ and global running)"
+      not global_disconnect? ->
+        {:never, ":global.disconnect/0 needs OTP 25.1+ and global running"}
 
       connected == [] ->
-        "not connected to any node"
-
-      outside != [] ->
-        # :global.disconnect/0 would also drop nodes this topology never listed.
-        "leaving the disconnects to the others: #{length(outside)} connected nodes are not " <>
-          "members of this topology (#{Enum.join(Enum.take(outside, 3), ", ")})"
+        :alone
 
       true ->
-        # It waits for every nodedown: off the poller, so polls and calls go on meanwhile.
-        spawn(fn -> :global.disconnect() end)
-
-        "leaving the cluster: disconnecting from its #{length(connected)} nodes through " <>
-          ":global.disconnect/0, so global on the others keeps their links"
+        :left
     end
   end
+
+  @doc "The log line for an outcome, given how many nodes it left."
+  @spec describe(outcome(), non_neg_integer()) :: String.t()
+  def describe(:left, connected),
+    do:
+      "this node leaves the cluster: disconnecting from its #{count(connected, "node")} " <>
+        "through :global.disconnect/0, so global on the others keeps their links"
+
+  def describe(:alone, _connected), do: "this node left DNS and is not connected to any node"
+
+  def describe({:never, why}, _connected),
+    do: "this node left DNS; leaving the disconnects to the other nodes (#{why})"
+
+  @doc "\"1 node\", \"2 nodes\"."
+  def count(n, noun) when is_integer(n), do: "#{n} #{noun}#{if n == 1, do: "", else: "s"}"
+  def count(list, noun), do: count(length(list), noun)
 
   defp global_disconnect? do
     Code.ensure_loaded?(:global) and function_exported?(:global, :disconnect, 0) and

@@ -77,7 +77,7 @@ defmodule DynamicSrv.Cluster.Options do
         get(
           config,
           :disconnect_grace,
-          3 * polling_interval,
+          min(3 * polling_interval, 86_400_000),
           &(is_integer(&1) and &1 >= 0 and &1 <= 86_400_000),
           "milliseconds from 0 to 86400000"
         ),

@@ -255,8 +255,18 @@ impl Membership {
         Change {
             members: self.members(),
             outage_started: (self.failed_polls == 1).then(|| reason.to_string()),
+            // A failure says nothing new: who was on the way out still is.
+            leaving: self.leaving(),
             ..Change::default()
         }
+    }
+
+    fn leaving(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, absence)| absence.answers > 0 && !absence.seeded)
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 }
 
@@ -334,9 +344,10 @@ mod tests {
         p.answer(&["a", "b"]);
         let c = p.answer(&["a", "b"]);
         assert_eq!((c.left, c.leaving), (names(&["c"]), vec![]));
-        // A failed poll says nothing about who is leaving.
-        p.answer(&["a"]);
-        assert!(p.m.observe_failure("timeout").leaving.is_empty());
+        // A failed poll changes nothing about who is leaving.
+        p.answer(&["a", "b", "x"]);
+        p.answer(&["a", "x"]);
+        assert_eq!(p.m.observe_failure("timeout").leaving, names(&["b"]));
     }
 
     #[test]
