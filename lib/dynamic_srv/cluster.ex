@@ -15,8 +15,9 @@ defmodule DynamicSrv.Cluster do
       `nil` disables the topology (one info line; nothing is started).
     * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
       first poll runs at start.
-    * `:disconnect_on_deregister` — default `true`: disconnect nodes that left DNS. A DNS
-      *failure* never counts as leaving.
+    * `:disconnect_on_deregister` — default `true`: nodes that left DNS leave the cluster
+      (see below). A DNS *failure* never counts as leaving. `false`: nobody is disconnected,
+      and a node that left keeps its links.
     * `:node_naming` — how an SRV target becomes a node name:
       * `:service_prefix` (default): target `node-a.my-app.service.consul` under service
         `my-app.service.consul` is `:"node-a@my-app.service.consul"`;
@@ -42,9 +43,10 @@ defmodule DynamicSrv.Cluster do
       never remove a member (see below). The epmd module's per-connection lookups use UDP.
     * `:removal_delay` — ms a node must be missing from complete answers before it counts
       as deregistered, default `10_000` (see below).
-    * `:disconnect_grace` — ms a node that left DNS gets to leave the cluster by itself
-      before this node disconnects it, default three polling intervals; `0` disconnects at
-      once (see below).
+    * `:disconnect_grace` — ms a node that left DNS gets to leave the cluster by itself,
+      from the poll at which this node removed it, before this node disconnects it; default
+      three polling intervals (at most a day), which covers the polls by which two nodes
+      with the same `:polling_interval` decide apart; `0` disconnects at once (see below).
     * `:max_node_atoms` — at most this many new node atoms per topology over the life of the
       VM, default `16 * max_nodes`, so hostile DNS cannot fill the atom table. The count
       survives restarts: a topology that crashes and is restarted, or is stopped and started
@@ -78,15 +80,19 @@ defmodule DynamicSrv.Cluster do
     * One warning when a poll first finds this node unable to cluster (not distributed,
       short names, the stock epmd module, an epmd daemon started alongside), and one, repeated
       every 5 minutes, while DNS says the service does not exist or has no records.
-    * A node that sees *itself* leave DNS (with `disconnect_on_deregister: true`) leaves
-      the cluster through `:global.disconnect/0` and stops dialing its former members; it
-      dials again once it is listed again. The others disconnect a node that left only if
-      it is still connected `:disconnect_grace` later. Leaving this way is what keeps
-      `global` (`prevent_overlapping_partitions`, OTP's default) from disconnecting healthy
-      nodes from each other: a node the others drop one by one reports each loss, and the
-      rest then drop the node that dropped it. It leaves itself only with the default
-      disconnect function and when every node it is connected to is a member of this
-      topology; otherwise it leaves the disconnects to the others.
+    * A node that left DNS leaves the cluster by itself, through `:global.disconnect/0`
+      (OTP 25.1+): a member that removes it tells its poller (a message to the same
+      registered name: the `:name` given, else one derived from the topology), and it leaves
+      at once if its own last complete answer lacked it too; so a lie told to one node alone
+      disconnects nobody. It leaves every connection it has, as `:global.disconnect/0` does,
+      and stops dialing until it is listed again. The members disconnect it themselves only
+      if it is still on the same connection `:disconnect_grace` later (a node that does not
+      run this poller, sees DNS differently, or has a custom `:disconnect` function); a new
+      incarnation under the same name is never disconnected. Leaving this way keeps `global`
+      (`prevent_overlapping_partitions`, OTP's default) from disconnecting healthy nodes from
+      each other: a node the others drop one by one reports each loss, and `global` then
+      drops the node that dropped it. `global` may still log one "requested disconnect from
+      node ... in order to prevent overlapping partitions" about the departing node: harmless.
     * A member missing from the last complete answer is not dialed: it is on its way out,
       and may already have left.
     * Polls of a topology never overlap and are applied in the order they were asked for.

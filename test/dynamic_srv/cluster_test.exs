@@ -4,7 +4,7 @@ defmodule DynamicSrv.ClusterTest do
   import ExUnit.CaptureLog
 
   alias DynamicSrv.Cluster
-  alias DynamicSrv.Cluster.NodeAtoms
+  alias DynamicSrv.Cluster.{Departure, NodeAtoms, Options}
 
   @service "my-svc.service.consul"
 
@@ -50,6 +50,10 @@ defmodule DynamicSrv.ClusterTest do
 
     def drop(node),
       do: Agent.update(__MODULE__, &%{&1 | connected: MapSet.delete(&1.connected, node)})
+
+    # A node connecting by itself (inbound), not through the strategy.
+    def inbound(node),
+      do: Agent.update(__MODULE__, &%{&1 | connected: MapSet.put(&1.connected, node)})
 
     def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list(&1.connected))
     def log, do: Agent.get(__MODULE__, &Enum.reverse(&1.log))
@@ -194,6 +198,93 @@ defmodule DynamicSrv.ClusterTest do
     assert eventually(fn -> length(connected()) == 2 end)
   end
 
+  describe "departure (DynamicSrv.Cluster.Departure; on real nodes: integration/departure_test)" do
+    defp member(name), do: :"#{name}@#{@service}"
+
+    test "the grace ends with the connection a node left on: a new incarnation is not disconnected" do
+      {resolver, set} = answer_with([srv("a"), srv("b")])
+      pid = start_cluster(resolver, disconnect_grace: 300)
+      assert eventually(fn -> length(Recorder.list_nodes()) == 2 end)
+
+      # b is removed while still connected: it gets the grace...
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+      :ok = Cluster.poll_now(pid)
+      assert Cluster.members(pid) == [member("a")]
+      # ...its connection ends (net_kernel's nodedown), and b comes back under the same name.
+      Recorder.drop(member("b"))
+      send(pid, {:nodedown, member("b")})
+      Recorder.inbound(member("b"))
+      Process.sleep(500)
+
+      refute {:disconnect, member("b")} in Recorder.log(), inspect(Recorder.log())
+    end
+
+    test "a node dead before it was removed is never disconnected later" do
+      {resolver, set} = answer_with([srv("a"), srv("b")])
+      pid = start_cluster(resolver, disconnect_grace: 300)
+      assert eventually(fn -> length(Recorder.list_nodes()) == 2 end)
+
+      Recorder.drop(member("b"))
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+      :ok = Cluster.poll_now(pid)
+      assert Cluster.members(pid) == [member("a")]
+      Recorder.inbound(member("b"))
+      Process.sleep(500)
+
+      refute {:disconnect, member("b")} in Recorder.log(), inspect(Recorder.log())
+    end
+
+    test "a failed poll keeps a member on its way out undialed" do
+      {resolver, set} = answer_with([srv("a"), srv("b")])
+      pid = start_cluster(resolver, removal_delay: 600_000, disconnect_grace: 0)
+      assert eventually(fn -> length(Recorder.list_nodes()) == 2 end)
+
+      set.([srv("a")])
+      :ok = Cluster.poll_now(pid)
+      Recorder.drop(member("b"))
+      :ok = Cluster.poll_now(pid)
+      Process.sleep(50)
+      dials = fn -> Enum.count(Recorder.log(), &(&1 == {:connect, member("b")})) end
+      before = dials.()
+
+      set.(fn _service -> raise "SERVFAIL" end)
+      :ok = Cluster.poll_now(pid)
+      Process.sleep(50)
+      assert dials.() == before, inspect(Recorder.log())
+      assert length(Cluster.members(pid)) == 2
+    end
+
+    test "the default disconnect_grace is three polls, within the bound an explicit one meets" do
+      assert Options.validate!(service: @service).disconnect_grace == 15_000
+
+      default =
+        Options.validate!(service: @service, polling_interval: 30_000_000).disconnect_grace
+
+      assert default == 86_400_000
+
+      assert Options.validate!(service: @service, disconnect_grace: default).disconnect_grace ==
+               default
+
+      assert_raise ArgumentError, ~r/invalid disconnect_grace/, fn ->
+        Options.validate!(service: @service, disconnect_grace: -1)
+      end
+    end
+
+    test "plan: leaves through global unless a custom disconnect is set, global lacks it, or alone" do
+      default = {:erlang, :disconnect_node, []}
+      assert Departure.plan(default, [:a@h], true) == :left
+      assert Departure.plan(default, [], true) == :alone
+      assert {:never, why} = Departure.plan({M, :f, []}, [:a@h], true)
+      assert why =~ "custom disconnect"
+      assert {:never, why} = Departure.plan(default, [:a@h], false)
+      assert why =~ "OTP 25.1"
+      assert Departure.describe(:left, 1) =~ "disconnecting from its 1 node through"
+      assert Departure.describe(:left, 5) =~ "its 5 nodes through :global.disconnect/0"
+    end
+  end
+
   test "a node missing for less than removal_delay stays, however many answers lack it" do
     {resolver, set} = answer_with([srv("a"), srv("b")])
     pid = start_cluster(resolver, removal_delay: 600_000)
@@ -295,10 +386,14 @@ defmodule DynamicSrv.ClusterTest do
       assert connected() == []
 
       # The failed attempt reports back asynchronously: poll until a later poll dials again.
-      assert eventually(fn ->
-               :ok = Cluster.poll_now(pid)
-               connected() == [:"a@my-svc.service.consul"]
-             end)
+      # (Up to 5 s: on a loaded machine the connector's report can take a while.)
+      assert eventually(
+               fn ->
+                 :ok = Cluster.poll_now(pid)
+                 connected() == [:"a@my-svc.service.consul"]
+               end,
+               500
+             )
     end)
   end
 
