@@ -32,8 +32,7 @@ defmodule DynamicSrv.Bench.Scale do
   @sample_ms 250
   @call_timeout 30_000
   # The nodes under test run below the DNS servers and this harness: a real Consul agent or
-  # dnsmasq has its own cores, and a server starved by 200 VMs answers late enough for the
-  # resolvers to ask again (1.15–1.27 queries per poll at 100 nodes, in both arms).
+  # dnsmasq has its own cores.
   @nice 5
   # Schedulers that sleep instead of spinning when idle: 200 VMs share 2 cores.
   @vm_flags ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
@@ -558,11 +557,17 @@ defmodule DynamicSrv.Bench.Scale do
     t_term = System.os_time(:microsecond)
     Enum.each(old, &Os.signal(&1.os_pid, "TERM"))
 
-    # Nomad's default kill_timeout: 5 s from SIGTERM to SIGKILL.
-    for peer <- old do
-      unless Os.gone_within?(peer.os_pid, 250), do: Os.stop_pid(peer.os_pid, 0)
-      Process.exit(peer.owner, :kill)
+    # Nomad's default kill_timeout: 5 s from SIGTERM to SIGKILL. Under dnsmasq the new VM
+    # takes the old one's name, so it waits for the old one to be gone; under Consul each
+    # incarnation has a name of its own, and the new one starts at once (a surge).
+    stop = fn ->
+      for peer <- old do
+        unless Os.gone_within?(peer.os_pid, 250), do: Os.stop_pid(peer.os_pid, 0)
+        Process.exit(peer.owner, :kill)
+      end
     end
+
+    if c.dns == :consul, do: spawn(stop), else: stop.()
 
     before = listed(c)
 
@@ -971,14 +976,14 @@ defmodule DynamicSrv.Bench.Scale do
       end
 
     [
-      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores; starved by 200 VMs, a server answered late enough for the resolvers of both arms to ask again: 1.15–1.27 queries per poll at 100 nodes), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
+      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
         "dnsmasq: nodes `nK@sN-C.bench.test`, SRV on the service to `nK.sN-C.bench.test` with its port, an SRV and an A record on that target; ours: `DynamicSrv.Epmd` (srv mode) and `DynamicSrv.Cluster` (defaults: TCP, `removal_delay` 10 s); classic: the classic epmd module (SRV + A per `address_please/3`, no NIF) and the classic poller (one `:inet_res` SRV query per poll, the last answer is the membership). A DNS change restarts dnsmasq (it cannot reload SRV records): a few ms without a server, which ours rides out (a failed poll keeps the membership) and the classic poller reads as an empty answer. " <>
-        "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul.",
+        "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul; it answers each query in a process of its own, on both cores, as Consul's agent does (answering in one process, it answered 100 nodes' polls late enough for their resolvers to ask again: 1.15–1.38 queries per poll at 100 nodes, in both arms).",
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load; the joins run one after the other. " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time; \"never\" after 1.5× the boot time (the goal; at least 15 s). DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
         "Steady: #{div(cfg.steady_ms, 1000)} s after formation; polls counted by tracing each poller's timer message; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
       "Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
-        "Rolling restart: every node in turn, in waves of max(1, N/10) (Nomad `max_parallel`, Kubernetes `maxUnavailable`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, a new `app-PORT@IP` under Consul) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
+        "Rolling restart: every node in turn, in waves of max(1, N/10) (Nomad `max_parallel`, Kubernetes `maxUnavailable`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
       cost_note,
       "Largest size at which ours met every goal of this section: #{if met == [], do: "none", else: Enum.max(met)}." <>
         if(missed == [], do: "", else: " Missed: #{Enum.join(missed, "; ")}.")
