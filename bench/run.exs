@@ -151,12 +151,18 @@ scale =
     steady_s =
       String.to_integer(System.get_env("BENCH_SCALE_STEADY_S") || if(quick, do: "15", else: "60"))
 
+    pop_off_size = fn
+      nil -> nil
+      text -> String.to_integer(text)
+    end
+
     case step.("10. scale, #{Enum.join(sizes, ", ")} nodes", fn ->
            Scale.run(
              sizes: sizes,
              steady_ms: steady_s * 1_000,
-             # The largest size is where prevent_overlapping_partitions matters most.
-             pop_off: Enum.max(sizes),
+             # BENCH_SCALE_POP_OFF=100: also ours against dnsmasq at that size with
+             # prevent_overlapping_partitions false (a cluster more: past the 15 minutes).
+             pop_off: pop_off_size.(System.get_env("BENCH_SCALE_POP_OFF")),
              cost_members: [Enum.max(sizes), 1000],
              # BENCH_SCALE_ONLY=dnsmasq,ours: just the clusters with those DNS servers / arms.
              only: scale_only.(System.get_env("BENCH_SCALE_ONLY"))
