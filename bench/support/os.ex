@@ -64,15 +64,14 @@ defmodule DynamicSrv.Bench.Os do
     end
   end
 
-  @doc "VmRSS, RssAnon, RssFile (kB) and Threads of an OS process."
   @doc "MemAvailable from /proc/meminfo, in MB."
   def mem_available_mb do
-    [kb] =
-      Regex.run(~r/MemAvailable:\s+(\d+) kB/, File.read!("/proc/meminfo"), capture: :all_but_first)
-
+    meminfo = File.read!("/proc/meminfo")
+    [kb] = Regex.run(~r/MemAvailable:\s+(\d+) kB/, meminfo, capture: :all_but_first)
     div(String.to_integer(kb), 1024)
   end
 
+  @doc "VmRSS, RssAnon, RssFile (kB) and Threads of an OS process."
   def status(os_pid) do
     case File.read("/proc/#{os_pid}/status") do
       {:ok, text} ->

@@ -171,7 +171,8 @@ defmodule DynamicSrv.Cluster do
       state = %{
         options: options,
         topology: topology_name,
-        departure: Departure.init(topology_name, engine_opts[:registered_name]),
+        departure:
+          Departure.init(budget_key(engine_opts, options), engine_opts[:registered_name]),
         connect: Keyword.get(engine_opts, :connect, @default_connect),
         disconnect: Keyword.get(engine_opts, :disconnect, @default_disconnect),
         list_nodes: Keyword.get(engine_opts, :list_nodes, @default_list_nodes),
@@ -273,22 +274,19 @@ defmodule DynamicSrv.Cluster do
     {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
   end
 
-  def handle_info({:departed, nodes}, state),
+  def handle_info({:departed, nodes}, state) when is_list(nodes),
     do: {:noreply, disconnect_departed(state, nodes)}
 
-  def handle_info({:nodedown, node}, state),
+  def handle_info({:nodedown, node, _info}, state) when is_atom(node),
     do: {:noreply, %{state | departure: Departure.nodedown(state.departure, node)}}
 
-  # A member found this node gone from the service.
-  def handle_info({:dynamic_srv_left, service, from}, %{options: %{service: service}} = state) do
-    state = %{state | departure: Departure.confirmed(state.departure, from)}
-
-    state =
-      if state.options.disconnect_on_deregister,
-        do: leave(state),
-        else: state
-
-    {:noreply, state}
+  # A member found this node gone from the service (any connected node may send anything
+  # to the registered name: only this shape counts).
+  def handle_info({:dynamic_srv_left, service, from}, state)
+      when is_binary(service) and is_atom(from) do
+    if same_service?(service, state.options.service),
+      do: {:noreply, confirmed(state, from)},
+      else: {:noreply, state}
   end
 
   # Timers of finished polls, connector exits.
@@ -371,8 +369,9 @@ defmodule DynamicSrv.Cluster do
     state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
     deregistered? = deregistered?(poll.members, left, state)
 
-    state =
-      if deregistered?, do: state, else: %{state | departure: Departure.listed(state.departure)}
+    # Its own complete answer lists it: earlier confirmations no longer stand, and it dials.
+    listed? = not poll.failed and me?(poll.members) and not me?(poll.leaving)
+    state = if listed?, do: %{state | departure: Departure.listed(state.departure)}, else: state
 
     if deregistered? and not state.deregistered? do
       Logger.info(
@@ -400,7 +399,7 @@ defmodule DynamicSrv.Cluster do
 
     # A node that left DNS stops dialing, or it would undo the others' disconnect on its
     # next poll. A node not yet listed (registration still in flight) dials as usual.
-    if state.deregistered? and state.options.disconnect_on_deregister,
+    if (state.deregistered? or state.departure.left?) and state.options.disconnect_on_deregister,
       do: state,
       else: connect(dialable(members, poll), state)
   end
@@ -445,6 +444,15 @@ defmodule DynamicSrv.Cluster do
     if line, do: Logger.info(line)
     %{state | departure: departure}
   end
+
+  defp confirmed(state, from) do
+    state = %{state | departure: Departure.confirmed(state.departure, from)}
+    if state.options.disconnect_on_deregister, do: leave(state), else: state
+  end
+
+  # Configs may spell the service with another case or a trailing dot.
+  defp same_service?(a, b), do: normalize(a) == normalize(b)
+  defp normalize(service), do: service |> String.downcase() |> String.trim_trailing(".")
 
   defp removed(before, now) do
     now = MapSet.new(now)

@@ -213,7 +213,7 @@ defmodule DynamicSrv.ClusterTest do
       assert Cluster.members(pid) == [member("a")]
       # ...its connection ends (net_kernel's nodedown), and b comes back under the same name.
       Recorder.drop(member("b"))
-      send(pid, {:nodedown, member("b")})
+      send(pid, {:nodedown, member("b"), []})
       Recorder.inbound(member("b"))
       Process.sleep(500)
 

@@ -16,7 +16,8 @@ defmodule DynamicSrv.Cluster.Departure do
 
   @default_disconnect {:erlang, :disconnect_node, []}
 
-  defstruct name: nil, confirmed_by: nil, departing: MapSet.new()
+  # `left?`: this node left the cluster and dials nobody until its own answer lists it again.
+  defstruct name: nil, confirmed_by: nil, left?: false, departing: MapSet.new()
 
   @typedoc """
   `:left` (it disconnected through `:global.disconnect/0`), `:alone` (nothing to leave) or
@@ -30,23 +31,23 @@ defmodule DynamicSrv.Cluster.Departure do
   `name` if the poller was started with a local one, else one derived from the topology.
   """
   def init(topology, name) do
-    :net_kernel.monitor_nodes(true)
+    # Hidden nodes too: the default list_nodes counts them as connected.
+    :net_kernel.monitor_nodes(true, node_type: :all)
 
     name =
-      cond do
-        is_atom(name) and name != nil ->
-          name
-
-        Process.whereis(derived = :"Elixir.DynamicSrv.Cluster.#{topology}") == nil ->
-          Process.register(self(), derived)
-          derived
-
-        # The same topology started twice on one node: only the first hears departures.
-        true ->
-          nil
-      end
+      if is_atom(name) and name != nil,
+        do: name,
+        else: register(:"Elixir.DynamicSrv.Cluster.#{topology}")
 
     %__MODULE__{name: name}
+  end
+
+  # The same topology started twice on one node: only the first hears departures.
+  defp register(name) do
+    Process.register(self(), name)
+    name
+  rescue
+    ArgumentError -> nil
   end
 
   @doc """
@@ -78,7 +79,7 @@ defmodule DynamicSrv.Cluster.Departure do
   def confirmed(%__MODULE__{} = dep, from), do: %{dep | confirmed_by: from}
 
   @doc "This node's own poll lists it: earlier confirmations no longer stand."
-  def listed(%__MODULE__{} = dep), do: %{dep | confirmed_by: nil}
+  def listed(%__MODULE__{} = dep), do: %{dep | confirmed_by: nil, left?: false}
 
   @doc """
   Leaves if this node's own poll found it gone (missing from its last complete answer) and a
@@ -92,7 +93,7 @@ defmodule DynamicSrv.Cluster.Departure do
     # It waits for every nodedown: off the poller, so polls and calls go on meanwhile.
     if outcome == :left, do: spawn(fn -> :global.disconnect() end)
     line = "#{describe(outcome, length(connected))} (#{dep.confirmed_by} found it gone too)"
-    {%{dep | confirmed_by: nil}, line}
+    {%{dep | confirmed_by: nil, left?: outcome in [:left, :alone]}, line}
   end
 
   @doc """
