@@ -377,9 +377,7 @@ defmodule DynamicSrv.Cluster do
       Logger.info(
         "this node left #{state.options.service} in DNS; " <>
           if(state.options.disconnect_on_deregister,
-            do:
-              "not connecting to its members; it leaves the cluster once one of them finds " <>
-                "it gone too",
+            do: "not connecting to its members until it is listed again",
             else: "disconnect_on_deregister is false, so it stays connected"
           )
       )
