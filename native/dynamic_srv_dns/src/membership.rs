@@ -136,9 +136,6 @@ impl Membership {
                 }
             }
             change.kept_missing += 1;
-            if absence.answers > 0 && !absence.seeded {
-                change.leaving.push(node.clone());
-            }
             true
         });
         if complete {
@@ -167,6 +164,7 @@ impl Membership {
             change.joined.push(node);
         }
         change.members = self.members();
+        change.leaving = self.leaving();
         change
     }
 
@@ -261,6 +259,8 @@ impl Membership {
         }
     }
 
+    /// Members a complete answer lacked since one last listed them (seeds no answer listed
+    /// are dialed until they leave).
     fn leaving(&self) -> Vec<String> {
         self.members
             .iter()
