@@ -166,11 +166,9 @@ defmodule DynamicSrv.Cluster do
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
          {:ok, topology} <-
            Native.topology_new(DynamicSrv.Nameservers.environment(), native_options(options)) do
-      topology_name = Keyword.get(engine_opts, :topology, :dynamic_srv)
-
       state = %{
         options: options,
-        topology: topology_name,
+        topology: Keyword.get(engine_opts, :topology, :dynamic_srv),
         departure:
           Departure.init(budget_key(engine_opts, options), engine_opts[:registered_name]),
         connect: Keyword.get(engine_opts, :connect, @default_connect),
@@ -367,10 +365,12 @@ defmodule DynamicSrv.Cluster do
     state = warn_atoms_exhausted(%{state | atoms: atoms}, refused)
     # A failed poll says nothing about the answer's size: the warning state stands.
     state = if poll.failed, do: state, else: warn_over_limit(state, poll.over_limit)
-    deregistered? = deregistered?(poll.members, left, state)
+    member? = me?(poll.members)
+    leaving? = me?(poll.leaving)
+    deregistered? = deregistered?(member?, left, state)
 
     # Its own complete answer lists it: earlier confirmations no longer stand, and it dials.
-    listed? = not poll.failed and me?(poll.members) and not me?(poll.leaving)
+    listed? = not poll.failed and member? and not leaving?
     state = if listed?, do: %{state | departure: Departure.listed(state.departure)}, else: state
 
     if deregistered? and not state.deregistered? do
@@ -383,9 +383,13 @@ defmodule DynamicSrv.Cluster do
       )
     end
 
-    state = %{state | members: members, member_names: poll.members, deregistered?: deregistered?}
-
-    state = %{state | self_absent?: deregistered? or me?(poll.leaving)}
+    state = %{
+      state
+      | members: members,
+        member_names: poll.members,
+        deregistered?: deregistered?,
+        self_absent?: deregistered? or leaving?
+    }
 
     state =
       if state.options.disconnect_on_deregister do
@@ -462,9 +466,9 @@ defmodule DynamicSrv.Cluster do
     Enum.any?(names, &(String.downcase(&1) == me))
   end
 
-  defp deregistered?(members, left, state) do
+  defp deregistered?(member?, left, state) do
     cond do
-      me?(members) ->
+      member? ->
         state.deregistered? &&
           Logger.info("this node is listed in #{state.options.service} again")
 
