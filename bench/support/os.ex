@@ -141,16 +141,6 @@ defmodule DynamicSrv.Bench.Os do
     :ok
   end
 
-  @doc """
-  Sets the niceness of every thread of an OS process (Linux's niceness is per thread: `renice`
-  of the pid alone leaves the threads it already started where they were).
-  """
-  def renice(os_pid, niceness) do
-    tids = File.ls!("/proc/#{os_pid}/task")
-    {_, 0} = System.cmd("renice", ["-n", Integer.to_string(niceness), "-p" | tids])
-    :ok
-  end
-
   def signal(os_pid, sig) do
     System.cmd("kill", ["-#{sig}", Integer.to_string(os_pid)], stderr_to_stdout: true)
   end

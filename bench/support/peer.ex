@@ -22,9 +22,8 @@ defmodule DynamicSrv.Bench.Peer do
   server on 127.0.0.1 given as `%{port: port, dir: scratch_dir}` (the Consul section's
   ConsulDns). Options, for all nodes or per spec (a spec's `erl_args` come after the shared
   ones, its `env` is merged over them, its `ebin`/`epmd_module` win): `erl_args`, `env`,
-  `ebin`, `epmd_module` (default: the arm's), `nice` (once booted, the VM runs at this
-  niceness; it boots at ours, as an instance boots on cores of its own). Returns the peers in
-  spec order.
+  `ebin`, `epmd_module` (default: the arm's), `nice` (run the VM at this niceness). Returns
+  the peers in spec order.
   """
   def start_many!(specs, dns, opts \\ []) do
     inetrc = write_inetrc(dns)
@@ -84,10 +83,17 @@ defmodule DynamicSrv.Bench.Peer do
 
     parent = self()
 
+    # nice execs erl: the OS pid is the VM's either way.
+    {executable, args} =
+      case opts[:nice] do
+        nil -> {erl, args}
+        n -> {System.find_executable("nice"), ["-n", Integer.to_string(n), erl | args]}
+      end
+
     owner =
       spawn(fn ->
         port =
-          Port.open({:spawn_executable, erl}, [
+          Port.open({:spawn_executable, executable}, [
             :binary,
             :exit_status,
             :stderr_to_stdout,
@@ -99,7 +105,7 @@ defmodule DynamicSrv.Bench.Peer do
         {:os_pid, os_pid} = Port.info(port, :os_pid)
         Os.track(os_pid)
         send(parent, {self(), :os_pid, os_pid})
-        boot(port, parent, [], fn -> if opts[:nice], do: Os.renice(os_pid, opts[:nice]) end)
+        boot(port, parent, [])
       end)
 
     os_pid =
@@ -116,16 +122,15 @@ defmodule DynamicSrv.Bench.Peer do
     }
   end
 
-  # The owner process: waits for READY (then runs `on_ready`), then serves calls one at a time.
-  defp boot(port, parent, output, on_ready) do
+  # The owner process: waits for READY, then serves calls one at a time.
+  defp boot(port, parent, output) do
     receive do
       {^port, {:data, {:eol, "READY " <> _}}} ->
-        on_ready.()
         send(parent, {self(), :ready})
         serve(port)
 
       {^port, {:data, {_, line}}} ->
-        boot(port, parent, [line | Enum.take(output, 50)], on_ready)
+        boot(port, parent, [line | Enum.take(output, 50)])
 
       {^port, {:exit_status, status}} ->
         send(parent, {self(), :failed, status, output |> Enum.reverse() |> Enum.join("\n")})

@@ -6,9 +6,9 @@ defmodule DynamicSrv.Bench.Scale do
   #
   # A *cluster* is one arm against one DNS server of its own: N registered nodes plus one
   # booted spare (the joiner). Clusters are run in *groups* that fit the machine's memory
-  # (about 210 VMs at once): in a group every cluster boots and forms one after the other
-  # (each timed on its own), then the steady-state window, the leave and the rolling restart
-  # run in all of them at once, the joins one after the other.
+  # (about 310 VMs at once): in a group every cluster boots and forms one after the other
+  # (each timed on its own), then the steady-state window, the join, the leave and the
+  # rolling restart run in all of them at once.
   #
   #   dnsmasq: nodes nK@sN-C.bench.test, SRV service -> nK.sN-C.bench.test:port (+ A record);
   #            ours: DynamicSrv.Epmd (srv mode) + DynamicSrv.Cluster; classic: ClassicEpmd
@@ -24,16 +24,19 @@ defmodule DynamicSrv.Bench.Scale do
   @agent DynamicSrv.Bench.Agent
   @interval 5_000
   @consul_service "my-app.service.consul"
-  # Three groups (25 and 50 nodes; the three 100-node clusters against dnsmasq; the two
-  # against ConsulDns): ~55 MB a VM, 17 GB of this machine's 24 at the peak.
+  # Three groups (25 and 50 nodes; the 100-node pair against dnsmasq; the pair against
+  # ConsulDns): ~55 MB a VM, 17 GB of this machine's 24 at the peak.
   @max_vms 310
+  # Three 100-node clusters rolling out at once overloaded the 2 cores (a VM did not boot
+  # in 90 s; tens of thousands of nodedowns): a group takes at most two of that size.
+  @max_large 2
+  @large 100
   # A VM needs about 55 MB; a cluster is not booted without this much headroom per VM.
   @mb_per_vm 80
   @sample_ms 250
   @call_timeout 30_000
   # The nodes under test run below the DNS servers and this harness: a real Consul agent or
-  # dnsmasq has its own cores. They boot at the harness's niceness (Peer renices them once
-  # ready): a new instance boots on cores of its own, not behind 300 running VMs.
+  # dnsmasq has its own cores.
   @nice 5
   # Schedulers that sleep instead of spinning when idle: 200 VMs share 2 cores.
   @vm_flags ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
@@ -52,9 +55,7 @@ defmodule DynamicSrv.Bench.Scale do
 
     specs =
       for n <- Enum.sort(sizes),
-          # At 100 nodes ours against ConsulDns rolls out beside the dnsmasq pair (one
-          # rollout phase for the three: the run keeps inside 15 minutes), and the classic
-          # poller against ConsulDns, which never holds a mesh, gets the last group.
+          # Both arms against one DNS server share a group, so they see the same load.
           spec <-
             if(n == pop_off, do: [{:dnsmasq, :ours, false}], else: []) ++
               [{:dnsmasq, :ours, true}, {:dnsmasq, :classic, true}] ++
@@ -92,17 +93,20 @@ defmodule DynamicSrv.Bench.Scale do
 
   defp key(s), do: {s.dns, s.arm, s.pop, s.n}
 
-  # Consecutive clusters while their VMs fit @max_vms.
+  # Consecutive clusters while their VMs fit @max_vms and at most @max_large are large.
   defp groups(specs) do
     specs
     |> Enum.chunk_while(
-      {[], 0},
-      fn s, {group, vms} ->
-        if group != [] and vms + s.n + 1 > @max_vms,
-          do: {:cont, Enum.reverse(group), {[s], s.n + 1}},
-          else: {:cont, {[s | group], vms + s.n + 1}}
+      [],
+      fn s, group ->
+        vms = Enum.sum(Enum.map([s | group], &(&1.n + 1)))
+        large = Enum.count([s | group], &(&1.n >= @large))
+
+        if group != [] and (vms > @max_vms or large > @max_large),
+          do: {:cont, Enum.reverse(group), [s]},
+          else: {:cont, [s | group]}
       end,
-      fn {group, _} -> {:cont, Enum.reverse(group), {[], 0}} end
+      fn group -> {:cont, Enum.reverse(group), []} end
     )
   end
 
@@ -142,7 +146,7 @@ defmodule DynamicSrv.Bench.Scale do
       # Done with those: their churn (the classic poller against Consul's trimmed answers
       # reconnects all the time) would only load the machine the others still measure on.
       clusters = Enum.map(clusters, &if(&1.stable, do: &1, else: retire(&1)))
-      clusters = Enum.map(clusters, &if(&1.stable, do: guarded_merge(&1, :join), else: &1))
+      clusters = each(clusters, &(&1.stable && guarded_merge(&1, :join)))
       clusters = each(clusters, &(&1.stable && leave(&1)))
       clusters = each(clusters, &(&1.stable && rolling(&1)))
       Process.put(:scale_clusters, clusters)
@@ -506,14 +510,14 @@ defmodule DynamicSrv.Bench.Scale do
 
   # --- rolling restart --------------------------------------------------------------------
 
-  # Every node in turn, a wave of max(1, N/10) at a time: SIGTERM, a new port, DNS updated,
-  # a new VM (same name under dnsmasq, a new app-PORT@IP under Consul) and its poller. Per
-  # wave: the time until every node lists every other again, from the new pollers' start
-  # and from the SIGTERM, and the nodedowns nodes outside the wave saw about nodes outside
-  # the wave.
+  # Every node in turn, a wave of max(1, N/4) at a time (a Kubernetes Deployment's default
+  # maxUnavailable, 25%): SIGTERM, a new port, DNS updated, a new VM (same name under
+  # dnsmasq, a new app-PORT@IP under Consul) and its poller. Per wave: the time until every
+  # node lists every other again, from the new pollers' start and from the SIGTERM, and the
+  # nodedowns nodes outside the wave saw about nodes outside the wave.
   defp rolling(c) do
     ks = Enum.sort(c.registered)
-    size = max(1, div(length(ks), 10))
+    size = max(1, div(length(ks), 4))
     t0 = System.monotonic_time(:millisecond)
 
     {c, waves} =
@@ -983,14 +987,14 @@ defmodule DynamicSrv.Bench.Scale do
       end
 
     [
-      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) and, once booted, at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores); a VM boots at the harness's niceness, as an instance boots on cores of its own rather than behind hundreds of running VMs (every thread is reniced when it reports ready), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
+      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
         "dnsmasq: nodes `nK@sN-C.bench.test`, SRV on the service to `nK.sN-C.bench.test` with its port, an SRV and an A record on that target; ours: `DynamicSrv.Epmd` (srv mode) and `DynamicSrv.Cluster` (defaults: TCP, `removal_delay` 10 s); classic: the classic epmd module (SRV + A per `address_please/3`, no NIF) and the classic poller (one `:inet_res` SRV query per poll, the last answer is the membership). A DNS change restarts dnsmasq (it cannot reload SRV records): a few ms without a server, which ours rides out (a failed poll keeps the membership) and the classic poller reads as an empty answer. " <>
         "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul; it answers each query in a process of its own, on both cores, as Consul's agent does (answering in one process, it answered 100 nodes' polls late enough for their resolvers to ask again: 1.15–1.38 queries per poll at 100 nodes, in both arms).",
-      "Groups of clusters that fit the machine at once (#{@max_vms} VMs): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load (but for the ConsulDns pair at 100 nodes: the classic poller, which never holds a mesh against it, has the last group to itself); the joins run one after the other. " <>
+      "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time; \"never\" after 1.5× the boot time (the goal; at least 15 s, at most 30 s). DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
         "Steady: #{div(cfg.steady_ms, 1000)} s after formation; polls counted by tracing each poller's timer message; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
       "Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
-        "Rolling restart: every node in turn, in waves of max(1, N/10) (Nomad `max_parallel`, Kubernetes `maxUnavailable`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
+        "Rolling restart: every node in turn, in waves of max(1, N/4) (a Kubernetes Deployment's default `maxUnavailable` of 25%; Nomad's `max_parallel`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
       cost_note,
       "Largest size at which ours met every goal of this section: #{if met == [], do: "none", else: Enum.max(met)}." <>
         if(missed == [], do: "", else: " Missed: #{Enum.join(missed, "; ")}.")

@@ -272,8 +272,8 @@ defmodule DynamicSrv.Cluster do
     {:noreply, %{state | connecting: MapSet.delete(state.connecting, node)}}
   end
 
-  def handle_info({:departed, nodes}, state) when is_list(nodes),
-    do: {:noreply, disconnect_departed(state, nodes)}
+  def handle_info({:departed, grace}, state) when is_reference(grace),
+    do: {:noreply, disconnect_departed(state, grace)}
 
   def handle_info({:nodedown, node, _info}, state) when is_atom(node),
     do: {:noreply, %{state | departure: Departure.nodedown(state.departure, node)}}
@@ -420,19 +420,19 @@ defmodule DynamicSrv.Cluster do
   defp depart(state, []), do: state
 
   defp depart(state, gone) do
-    {departure, still} =
+    {departure, grace} =
       Departure.others_left(state.departure, gone, state.options.service, list_nodes(state))
 
     state = %{state | departure: departure}
 
     case state.options.disconnect_grace do
-      0 -> disconnect_departed(state, still)
-      grace -> tap(state, fn _ -> Process.send_after(self(), {:departed, still}, grace) end)
+      0 -> disconnect_departed(state, grace)
+      ms -> tap(state, fn _ -> Process.send_after(self(), {:departed, grace}, ms) end)
     end
   end
 
-  defp disconnect_departed(state, nodes) do
-    {departure, due} = Departure.due(state.departure, nodes)
+  defp disconnect_departed(state, grace) do
+    {departure, due} = Departure.due(state.departure, grace)
     listed = MapSet.new(state.members)
     disconnect(Enum.reject(due, &MapSet.member?(listed, &1)), state)
     %{state | departure: departure}

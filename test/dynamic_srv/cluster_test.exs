@@ -220,6 +220,40 @@ defmodule DynamicSrv.ClusterTest do
       refute {:disconnect, member("b")} in Recorder.log(), inspect(Recorder.log())
     end
 
+    test "a node that departs twice within one grace gets the whole of its second grace" do
+      {resolver, set} = answer_with([srv("a"), srv("b")])
+      pid = start_cluster(resolver, disconnect_grace: 3_000)
+      assert eventually(fn -> length(Recorder.list_nodes()) == 2 end)
+
+      remove_b = fn ->
+        set.([srv("a")])
+        :ok = Cluster.poll_now(pid)
+        :ok = Cluster.poll_now(pid)
+        assert Cluster.members(pid) == [member("a")]
+      end
+
+      # First departure; b's connection ends, b comes back, is listed and departs again.
+      remove_b.()
+      first = System.monotonic_time(:millisecond)
+      Recorder.drop(member("b"))
+      send(pid, {:nodedown, member("b"), []})
+      Recorder.inbound(member("b"))
+      Process.sleep(1_000)
+      set.([srv("a"), srv("b")])
+      :ok = Cluster.poll_now(pid)
+      remove_b.()
+      second = System.monotonic_time(:millisecond)
+
+      # The first grace ends: b is on its second grace's connection, not disconnected.
+      Process.sleep(max(first + 3_300 - System.monotonic_time(:millisecond), 0))
+
+      if System.monotonic_time(:millisecond) < second + 3_000,
+        do: refute({:disconnect, member("b")} in Recorder.log(), inspect(Recorder.log()))
+
+      # The second one ends with b still connected: now it is.
+      assert eventually(fn -> {:disconnect, member("b")} in Recorder.log() end, 400)
+    end
+
     test "a node dead before it was removed is never disconnected later" do
       {resolver, set} = answer_with([srv("a"), srv("b")])
       pid = start_cluster(resolver, disconnect_grace: 300)

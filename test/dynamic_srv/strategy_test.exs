@@ -99,6 +99,18 @@ defmodule DynamicSrv.StrategyTest do
     GenServer.stop(pid)
   end
 
+  test "service: :ignore under the strategy: the one info line carries libcluster's prefix" do
+    log =
+      capture_log(fn ->
+        assert :ignore =
+                 Elixir.Cluster.Strategy.DynamicSrv.start_link([
+                   %{state(nil, []) | config: [service: :ignore]}
+                 ])
+      end)
+
+    assert log =~ "[libcluster:app] DynamicSrv.Cluster topology :app: service is :ignore"
+  end
+
   test "meta that is not a list of nodes is ignored with one warning; nil starts empty" do
     {resolver, _} = resolver([])
 

@@ -17,7 +17,9 @@ defmodule DynamicSrv.Cluster.Departure do
   @default_disconnect {:erlang, :disconnect_node, []}
 
   # `left?`: this node left the cluster and dials nobody until its own answer lists it again.
-  defstruct name: nil, confirmed_by: nil, left?: false, departing: MapSet.new()
+  # `departing`: node => the ref of the grace it was given (a node can depart twice within
+  # one grace: only the grace of its latest departure may disconnect it).
+  defstruct name: nil, confirmed_by: nil, left?: false, departing: %{}
 
   @typedoc """
   `:left` (it disconnected through `:global.disconnect/0`), `:alone` (nothing to leave) or
@@ -51,8 +53,9 @@ defmodule DynamicSrv.Cluster.Departure do
   end
 
   @doc """
-  Nodes this node's poll found gone: tells those still connected, and returns the ones to
-  disconnect after the grace (`due/2`) unless their connection ends first (`nodedown/2`).
+  Nodes this node's poll found gone: tells those still connected, and returns the ref of
+  their grace: when it ends, `due/2` gives those to disconnect, unless their connection
+  ended first (`nodedown/2`) or they departed again since.
   """
   def others_left(%__MODULE__{} = dep, nodes, service, connected) do
     connected = MapSet.new(connected)
@@ -63,16 +66,17 @@ defmodule DynamicSrv.Cluster.Departure do
           do: :erlang.send({dep.name, node}, {:dynamic_srv_left, service, node()}, [:noconnect])
     end
 
-    {%{dep | departing: Enum.into(still, dep.departing)}, still}
+    grace = make_ref()
+    {%{dep | departing: Enum.into(still, dep.departing, &{&1, grace})}, grace}
   end
 
   def nodedown(%__MODULE__{} = dep, node),
-    do: %{dep | departing: MapSet.delete(dep.departing, node)}
+    do: %{dep | departing: Map.delete(dep.departing, node)}
 
-  @doc "Of `nodes` whose grace ended, those still on the connection they left on."
-  def due(%__MODULE__{} = dep, nodes) do
-    due = Enum.filter(nodes, &MapSet.member?(dep.departing, &1))
-    {%{dep | departing: Enum.reduce(due, dep.departing, &MapSet.delete(&2, &1))}, due}
+  @doc "The nodes whose latest grace is `grace`, still on the connection they left on."
+  def due(%__MODULE__{} = dep, grace) do
+    due = for {node, ^grace} <- dep.departing, do: node
+    {%{dep | departing: Map.drop(dep.departing, due)}, due}
   end
 
   @doc "A member told this node it left `service`."

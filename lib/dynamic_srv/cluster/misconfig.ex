@@ -51,9 +51,13 @@ defmodule DynamicSrv.Cluster.Misconfig do
   def disabled(opts) do
     case Keyword.fetch(opts, :service) do
       {:ok, value} when value in [:ignore, nil] ->
+        topology = Keyword.get(opts, :topology, :dynamic_srv)
+        # Logged by the caller (no poller runs): libcluster's prefix spelled out here.
+        prefix = if opts[:log_prefix], do: "[libcluster:#{topology}] ", else: ""
+
         Logger.info(
-          "DynamicSrv.Cluster topology #{inspect(Keyword.get(opts, :topology, :dynamic_srv))}: " <>
-            "service is #{inspect(value)}, so this topology is disabled (nothing is polled or connected)"
+          "#{prefix}DynamicSrv.Cluster topology #{inspect(topology)}: service is " <>
+            "#{inspect(value)}, so this topology is disabled (nothing is polled or connected)"
         )
 
         :ignore
