@@ -124,6 +124,8 @@ defmodule DynamicSrv.Diagnosis do
       problems: []
     }
 
+    report = mark_aliases(report)
+
     %{
       report
       | problems:
@@ -626,7 +628,12 @@ defmodule DynamicSrv.Diagnosis do
       |> Enum.reject(&udp_note?/1)
       |> Enum.flat_map(&probe_problem(&1.probe))
 
-    peer_problems = Enum.flat_map(report.peers, &check_problems/1)
+    # This node under another name is one problem (membership_problems), not also a peer's.
+    peer_problems =
+      report.peers
+      |> Enum.reject(& &1[:this_node?])
+      |> Enum.flat_map(&check_problems/1)
+
     self_problems ++ service_problems ++ peer_problems
   end
 
@@ -658,6 +665,14 @@ defmodule DynamicSrv.Diagnosis do
   end
 
   defp membership_problems(_report), do: []
+
+  defp mark_aliases(%{node: %{distributed?: true}} = report) do
+    names = MapSet.new(aliases(report), & &1.node)
+    peers = Enum.map(report.peers, &Map.put(&1, :this_node?, MapSet.member?(names, &1.node)))
+    %{report | peers: peers}
+  end
+
+  defp mark_aliases(report), do: report
 
   # Peers whose address is this node's own: this node's DNS endpoint, or a local address with
   # this node's port.
@@ -701,8 +716,9 @@ defmodule DynamicSrv.Diagnosis do
           "this node refuses a connection meant for another name, so no one connects to it",
       fix:
         "start this node as #{peer.node} (--name #{peer.node}, or RELEASE_NODE=#{peer.node} " <>
-          "in a release), or make #{service.service} list it as #{this.name}: " <>
-          expected_listing(this, service)
+          "in a release), or keep #{this.name} and give the topology that polls " <>
+          "#{service.service} a node_naming that derives it (#{inspect(service.naming)} " <>
+          "derives #{peer.node})"
     }
   end
 
@@ -846,10 +862,20 @@ defmodule DynamicSrv.Diagnosis do
 
     port =
       cond do
-        this.listen_port == nil -> "unknown (see the configuration problems)"
-        this.listen_port == 0 -> "any free port (release helper node)"
-        this.port_registered? -> "#{this.listen_port} (listening)"
-        true -> "#{this.listen_port} (#{port_source(this.mode)})"
+        this.listen_port == nil and not this.distributed? ->
+          "unknown (this VM is not distributed; --node name@host checks a node)"
+
+        this.listen_port == nil ->
+          "unknown (see the configuration problems)"
+
+        this.listen_port == 0 ->
+          "any free port (release helper node)"
+
+        this.port_registered? ->
+          "#{this.listen_port} (listening)"
+
+        true ->
+          "#{this.listen_port} (#{port_source(this.mode)})"
       end
 
     [
@@ -860,7 +886,8 @@ defmodule DynamicSrv.Diagnosis do
       "  address family: #{family_label(this.family)}",
       "  nameservers: #{report.nameservers || "none usable"}" <>
         if(this[:nameservers_override],
-          do: " (given to this diagnosis instead of DYNAMIC_SRV_NAMESERVERS)",
+          do:
+            " (given to this diagnosis by --nameservers or nameservers:, not DYNAMIC_SRV_NAMESERVERS)",
           else: Nameservers.suffix(this[:nameservers_source])
         ),
       ""
@@ -978,10 +1005,12 @@ defmodule DynamicSrv.Diagnosis do
           |> Enum.filter(& &1)
           |> Enum.join(", ")
 
-        [
-          "  #{peer.node}#{if tags != "", do: " [#{tags}]", else: ""}"
-          | format_check(peer, "    ")
-        ]
+        checked =
+          if peer[:this_node?],
+            do: ["    this node under another name (its address and port): see the problems"],
+            else: format_check(peer, "    ")
+
+        ["  #{peer.node}#{if tags != "", do: " [#{tags}]", else: ""}" | checked]
       end
 
     more = if skipped > 0, do: ["  ... and #{skipped} more peers, not checked"], else: []

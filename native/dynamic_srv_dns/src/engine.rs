@@ -196,7 +196,8 @@ impl Engine {
                 failures,
                 lasted_ms = lasted.as_millis() as u64,
                 %nameservers,
-                "DNS answers again (nameservers {nameservers}) after {failures} failed lookups over {:.1} s",
+                "DNS answers again (nameservers {nameservers}) after {failures} failed {} over {:.1} s",
+                if failures == 1 { "lookup" } else { "lookups" },
                 lasted.as_secs_f64()
             );
         }
