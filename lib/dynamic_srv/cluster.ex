@@ -495,12 +495,14 @@ defmodule DynamicSrv.Cluster do
     if reason = poll.outage_started do
       Logger.warning(
         "DNS lookup of #{service} failed: #{reason}; keeping the last membership " <>
-          "(#{length(poll.members)} nodes) until DNS answers again"
+          "(#{Departure.count(poll.members, "node")}) until DNS answers again"
       )
     end
 
     if failed = poll.outage_ended do
-      Logger.info("DNS lookup of #{service} answers again after #{failed} failed polls")
+      Logger.info(
+        "DNS lookup of #{service} answers again after #{Departure.count(failed, "failed poll")}"
+      )
     end
 
     if warning = poll.partial_warning do

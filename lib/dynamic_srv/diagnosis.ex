@@ -205,8 +205,7 @@ defmodule DynamicSrv.Diagnosis do
   defp local_address?(nil), do: nil
 
   defp local_address?(endpoint) do
-    with [_, ip_text] <- Regex.run(~r/^\[?(.*?)\]?:\d+$/, endpoint),
-         {:ok, ip} <- :inet.parse_address(String.to_charlist(ip_text)),
+    with ip when ip != nil <- endpoint_ip(endpoint),
          {:ok, interfaces} <- :inet.getifaddrs() do
       match?({127, _, _, _}, ip) or
         Enum.any?(interfaces, fn {_name, opts} -> {:addr, ip} in opts end)
@@ -641,47 +640,54 @@ defmodule DynamicSrv.Diagnosis do
   # name (a member whose address and port are this node's).
   defp membership_problems(%{node: %{distributed?: true} = this} = report) do
     me = String.downcase(this.name)
-    aliases = aliases(report)
+    listed_aliases = listed_aliases(report)
 
     Enum.flat_map(report.services, fn service ->
-      listed = service.dns_members
-      names = Enum.map(List.wrap(listed), &String.downcase/1)
-      others = Enum.filter(aliases, &(String.downcase(&1.node) in names))
+      names = Enum.map(List.wrap(service.dns_members), &String.downcase/1)
+      others = for {^service, peer} <- listed_aliases, do: peer
 
       cond do
-        listed == nil ->
-          []
-
-        others != [] ->
-          Enum.map(others, &alias_problem(&1, this, service))
-
-        me not in names ->
-          [missing_problem(this, service)]
-
-        true ->
-          []
+        service.dns_members == nil -> []
+        others != [] -> Enum.map(others, &alias_problem(&1, this, service))
+        me not in names -> [missing_problem(this, service)]
+        true -> []
       end
     end)
   end
 
   defp membership_problems(_report), do: []
 
+  # A peer reported as this node under another name is that one problem: its own checks are
+  # not also reported (they fail for the same reason).
   defp mark_aliases(%{node: %{distributed?: true}} = report) do
-    names = MapSet.new(aliases(report), & &1.node)
+    names = MapSet.new(listed_aliases(report), fn {_service, peer} -> peer.node end)
     peers = Enum.map(report.peers, &Map.put(&1, :this_node?, MapSet.member?(names, &1.node)))
     %{report | peers: peers}
   end
 
   defp mark_aliases(report), do: report
 
-  # Peers whose address is this node's own: this node's DNS endpoint, or a local address with
-  # this node's port.
+  # {service, peer} for each peer that is this node under another name and that a service's
+  # answer lists.
+  defp listed_aliases(report) do
+    aliases = aliases(report)
+
+    for %{dns_members: [_ | _] = listed} = service <- report.services,
+        names = Enum.map(listed, &String.downcase/1),
+        peer <- aliases,
+        String.downcase(peer.node) in names,
+        do: {service, peer}
+  end
+
+  # Peers whose address is this node's own: this node's DNS endpoint, or an address this node
+  # listens on with its port. A connected peer is another node.
   defp aliases(report) do
     this = report.node
     own = report.self_check && report.self_check.endpoint
     port = this.listen_port
 
     report.peers
+    |> Enum.reject(& &1.connected?)
     |> Enum.map(fn peer -> %{peer | endpoint: peer.endpoint || endpoint_in_name(peer.node)} end)
     |> Enum.filter(fn peer ->
       endpoint = peer.endpoint
@@ -690,8 +696,28 @@ defmodule DynamicSrv.Diagnosis do
         String.downcase(peer.node) != String.downcase(this.name) and
         (endpoint == own or
            (is_integer(port) and port > 0 and String.ends_with?(endpoint, ":#{port}") and
-              local_address?(endpoint) == true))
+              listens_on?(this, endpoint)))
     end)
+  end
+
+  # A node bound to one address (-kernel inet_dist_use_interface, one loopback address per
+  # node on a shared port) listens only there; one bound to all listens on every local one.
+  defp listens_on?(%{running?: true}, endpoint) do
+    case Application.get_env(:kernel, :inet_dist_use_interface) do
+      ip when is_tuple(ip) -> endpoint_ip(endpoint) == ip
+      _ -> local_address?(endpoint) == true
+    end
+  end
+
+  defp listens_on?(_this, endpoint), do: local_address?(endpoint) == true
+
+  defp endpoint_ip(endpoint) do
+    with [_, ip_text] <- Regex.run(~r/^\[?(.*?)\]?:\d+$/, endpoint),
+         {:ok, ip} <- :inet.parse_address(String.to_charlist(ip_text)) do
+      ip
+    else
+      _ -> nil
+    end
   end
 
   # `app-4370@10.0.0.5` says where it listens even when the port mode cannot look it up.
@@ -716,10 +742,30 @@ defmodule DynamicSrv.Diagnosis do
           "this node refuses a connection meant for another name, so no one connects to it",
       fix:
         "start this node as #{peer.node} (--name #{peer.node}, or RELEASE_NODE=#{peer.node} " <>
-          "in a release), or keep #{this.name} and give the topology that polls " <>
-          "#{service.service} a node_naming that derives it (#{inspect(service.naming)} " <>
-          "derives #{peer.node})"
+          "in a release#{name_mode_hint(this, peer)}), or keep #{this.name}: " <>
+          keep_name_fix(this, peer, service)
     }
+  end
+
+  # app-PORT@IP in srv mode would be looked up as the SRV record app-PORT.IP, which nobody has.
+  defp name_mode_hint(%{mode: "srv"}, %{node: node}) do
+    if endpoint_in_name(node), do: "; with DYNAMIC_SRV_PORT_MODE=name", else: ""
+  end
+
+  defp name_mode_hint(_this, _peer), do: ""
+
+  # Names made from the address: the naming makes the other name. Names made from SRV
+  # targets: a record gives this node's address and port another target.
+  defp keep_name_fix(this, peer, %{naming: {kind, _}} = service)
+       when kind in [:basename_port_ip, :basename_ip] do
+    "#{inspect(service.naming)} names the nodes #{service.service} lists after their " <>
+      "addresses (#{peer.node}), so it never reaches #{this.name}: poll it with the " <>
+      "node_naming the cluster's node names follow"
+  end
+
+  defp keep_name_fix(this, peer, service) do
+    "remove the record of #{service.service} that gives this node's address and port to " <>
+      "#{peer.node} (stale, or another node's), and " <> expected_listing(this, service)
   end
 
   defp missing_problem(this, service) do

@@ -10,7 +10,7 @@ defmodule DynamicSrv.Integration.DoctorTest do
 
   @zone_opts [extra: ["--local=/dyn.test/"]]
 
-  defp boot!(name, port, dns, extra \\ %{}) do
+  defp boot!(name, port, dns, extra \\ %{}, opts \\ []) do
     peer =
       Peer.start!(
         name,
@@ -21,7 +21,8 @@ defmodule DynamicSrv.Integration.DoctorTest do
             "DYNAMIC_SRV_LOOKUP_TIMEOUT_MS" => "300"
           },
           extra
-        )
+        ),
+        opts
       )
 
     on_exit(fn -> Peer.stop(peer) end)
@@ -110,10 +111,41 @@ defmodule DynamicSrv.Integration.DoctorTest do
     assert_line(
       text,
       "fix: start this node as app-#{p1}@127.0.0.1 (--name app-#{p1}@127.0.0.1, or " <>
-        "RELEASE_NODE=app-#{p1}@127.0.0.1 in a release), or keep n1@svc.dyn.test and give " <>
-        "the topology that polls ips.dyn.test a node_naming that derives it " <>
-        "({:basename_port_ip, \"app\"} derives app-#{p1}@127.0.0.1)"
+        "RELEASE_NODE=app-#{p1}@127.0.0.1 in a release; with DYNAMIC_SRV_PORT_MODE=name), or " <>
+        "keep n1@svc.dyn.test: {:basename_port_ip, \"app\"} names the nodes ips.dyn.test " <>
+        "lists after their addresses (app-#{p1}@127.0.0.1), so it never reaches " <>
+        "n1@svc.dyn.test: poll it with the node_naming the cluster's node names follow"
     )
+  end
+
+  @tag timeout: 120_000
+  test "a peer on another loopback address with the same port is another node, not an alias" do
+    # static mode, one loopback address per node on one shared port (as in Docker, or the
+    # scale benchmark): app@h2, on 127.0.0.2, is not running, so nothing is connected to it.
+    port = Ports.free()
+
+    records = [
+      {:srv, "svc.dyn.test", "h1.dyn.test", port},
+      {:srv, "svc.dyn.test", "h2.dyn.test", port},
+      {:a, "h1.dyn.test", "127.0.0.1"},
+      {:a, "h2.dyn.test", "127.0.0.2"}
+    ]
+
+    dns = DnsServer.start!(records, @zone_opts)
+    on_exit(fn -> DnsServer.stop_and_clean(dns) end)
+
+    n1 =
+      boot!("app@h1.dyn.test", port, dns, %{"DYNAMIC_SRV_PORT_MODE" => "static"},
+        erl_args: ["-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
+      )
+
+    diagnose = [[services: ["svc.dyn.test"], naming: {:basename, "app"}]]
+    {result, text} = Peer.call(n1, NodeAgent, :capture_output, [DynamicSrv, :diagnose, diagnose])
+    IO.puts(text)
+    assert result == :ok
+    refute text =~ "lists this node as"
+    assert_line(text, ": app@h1.dyn.test, app@h2.dyn.test")
+    assert_line(text, "    => connects to 127.0.0.2:#{port}")
   end
 
   @tag timeout: 120_000
