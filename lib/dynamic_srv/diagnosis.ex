@@ -124,7 +124,8 @@ defmodule DynamicSrv.Diagnosis do
       problems: []
     }
 
-    report = mark_aliases(report)
+    listed_aliases = listed_aliases(report)
+    report = mark_aliases(report, listed_aliases)
 
     %{
       report
@@ -137,7 +138,7 @@ defmodule DynamicSrv.Diagnosis do
               dns_problems ++
               service_name_problems(opts) ++
               nothing_checked(report, diagnoser) ++
-              probe_problems(report) ++ membership_problems(report)
+              probe_problems(report) ++ membership_problems(report, listed_aliases)
           )
     }
   end
@@ -638,9 +639,8 @@ defmodule DynamicSrv.Diagnosis do
 
   # This node as its services' answers list it: missing from one, or listed under another
   # name (a member whose address and port are this node's).
-  defp membership_problems(%{node: %{distributed?: true} = this} = report) do
+  defp membership_problems(%{node: %{distributed?: true} = this} = report, listed_aliases) do
     me = String.downcase(this.name)
-    listed_aliases = listed_aliases(report)
 
     Enum.flat_map(report.services, fn service ->
       names = Enum.map(List.wrap(service.dns_members), &String.downcase/1)
@@ -655,21 +655,19 @@ defmodule DynamicSrv.Diagnosis do
     end)
   end
 
-  defp membership_problems(_report), do: []
+  defp membership_problems(_report, _listed_aliases), do: []
 
   # A peer reported as this node under another name is that one problem: its own checks are
   # not also reported (they fail for the same reason).
-  defp mark_aliases(%{node: %{distributed?: true}} = report) do
-    names = MapSet.new(listed_aliases(report), fn {_service, peer} -> peer.node end)
+  defp mark_aliases(report, listed_aliases) do
+    names = MapSet.new(listed_aliases, fn {_service, peer} -> peer.node end)
     peers = Enum.map(report.peers, &Map.put(&1, :this_node?, MapSet.member?(names, &1.node)))
     %{report | peers: peers}
   end
 
-  defp mark_aliases(report), do: report
-
   # {service, peer} for each peer that is this node under another name and that a service's
   # answer lists.
-  defp listed_aliases(report) do
+  defp listed_aliases(%{node: %{distributed?: true}} = report) do
     aliases = aliases(report)
 
     for %{dns_members: [_ | _] = listed} = service <- report.services,
@@ -678,6 +676,8 @@ defmodule DynamicSrv.Diagnosis do
         String.downcase(peer.node) in names,
         do: {service, peer}
   end
+
+  defp listed_aliases(_report), do: []
 
   # Peers whose address is this node's own: this node's DNS endpoint, or an address this node
   # listens on with its port. A connected peer is another node.
