@@ -128,8 +128,29 @@ defmodule DynamicSrv.Bench.Consul do
 
     sink = Peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
     _ = Peer.call(peer, :erlang, :trace_pattern, [:receive, [{[:_, :_, :poll], [], []}], []])
-    1 = Peer.call(peer, :erlang, :trace, [poller, true, [:receive, {:tracer, sink}]])
+    1 = Peer.call(peer, :erlang, :trace, [poller, true, [:receive, :timestamp, {:tracer, sink}]])
     sink
+  end
+
+  @doc false
+  # Polls whose :poll message arrived between two OS times (µs), summed over the nodes. Read
+  # after the fact, so it does not matter how long the calls take on a busy machine. The
+  # trace timestamps are the node's erlang:now(), OS time at its boot plus monotonic time
+  # since: on one machine, within a fraction of a second of the harness's clock.
+  def polls_between!(peers, sinks, from_us, to_us) do
+    Enum.zip(peers, sinks)
+    |> Enum.map(fn {peer, sink} ->
+      Task.async(fn ->
+        {:messages, traced} =
+          Peer.call(peer, :erlang, :process_info, [sink, :messages], @call_timeout)
+
+        Enum.count(traced, fn {:trace_ts, _, :receive, :poll, {mega, s, us}} ->
+          ((mega * 1_000_000 + s) * 1_000_000 + us) in from_us..to_us
+        end)
+      end)
+    end)
+    |> Task.await_many(@call_timeout + 1_000)
+    |> Enum.sum()
   end
 
   # Counters at one instant: polls so far (trace messages waiting in each sink), nodedowns,

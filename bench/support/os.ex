@@ -2,67 +2,8 @@ defmodule DynamicSrv.Bench.Os do
   @moduledoc false
   # Free loopback ports, /proc readings and ending OS processes by pid (never by name).
 
-  @doc """
-  A loopback port free for both TCP and UDP right now, never handed out twice in this VM, and
-  below the kernel's ephemeral range, so an outgoing connection (the nodes open many) cannot
-  take it between now and the moment a node or dnsmasq binds it.
-  """
-  def free_port(tries \\ 500) do
-    {low, high} = candidate_range()
-    port = low + :rand.uniform(high - low + 1) - 1
-
-    cond do
-      tries == 0 -> raise "no free port in #{low}..#{high}"
-      :ets.member(handed_out(), port) -> free_port(tries - 1)
-      bindable?(port) and :ets.insert_new(handed_out(), {port}) -> port
-      true -> free_port(tries - 1)
-    end
-  end
-
-  defp bindable?(port) do
-    with {:ok, tcp} <- :gen_tcp.listen(port, ip: {127, 0, 0, 1}),
-         :ok <- :gen_tcp.close(tcp),
-         {:ok, udp} <- :gen_udp.open(port, ip: {127, 0, 0, 1}) do
-      :gen_udp.close(udp)
-      true
-    else
-      _ -> false
-    end
-  end
-
-  defp candidate_range do
-    ephemeral_low =
-      with {:ok, text} <- File.read("/proc/sys/net/ipv4/ip_local_port_range"),
-           [low | _] <- String.split(text) do
-        String.to_integer(low)
-      else
-        _ -> 32_768
-      end
-
-    if ephemeral_low > 12_000, do: {10_000, ephemeral_low - 1}, else: {61_000, 65_000}
-  end
-
-  defp handed_out do
-    case :ets.whereis(__MODULE__) do
-      :undefined ->
-        parent = self()
-
-        spawn(fn ->
-          table = :ets.new(__MODULE__, [:named_table, :public, :set])
-          send(parent, {:table, table})
-          Process.sleep(:infinity)
-        end)
-
-        receive do
-          {:table, _} -> __MODULE__
-        after
-          5_000 -> raise "could not create the port table"
-        end
-
-      _ ->
-        __MODULE__
-    end
-  end
+  @doc "A loopback port that is free, never handed out twice, below the ephemeral range."
+  defdelegate free_port, to: DynamicSrv.Test.Ports, as: :free
 
   @doc "MemAvailable from /proc/meminfo, in MB."
   def mem_available_mb do

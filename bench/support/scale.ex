@@ -375,19 +375,26 @@ defmodule DynamicSrv.Bench.Scale do
 
   # --- steady state -----------------------------------------------------------------------
 
+  # Polls and queries are counted in one window of OS time: the queries read at its two
+  # ends (at the server, in this VM), the polls afterwards from each node's timestamped
+  # trace. Reading 100 busy nodes takes seconds, so counters read from them at the two ends
+  # would describe another window than the server's (0.56–0.94 queries per poll at 100).
   defp steady(c, cfg) do
     peers = Enum.filter(members(c), & &1)
     sinks = Consul.count_polls!(peers)
-    start = snapshot(c, peers, sinks)
+    start = snapshot(peers)
+    from_us = System.os_time(:microsecond)
+    q0 = queries(c)
     Process.sleep(cfg.steady_ms)
-    finish = snapshot(c, peers, sinks)
+    q1 = queries(c)
+    to_us = System.os_time(:microsecond)
+    finish = snapshot(peers)
     footprint = Enum.map(peers, &Os.status(&1.os_pid))
-    polls = finish.polls - start.polls
 
     Map.put(c, :steady, %{
       n: length(peers),
-      polls: polls,
-      queries: diff(finish.queries, start.queries),
+      polls: Consul.polls_between!(peers, sinks, from_us, to_us),
+      queries: diff(q1, q0),
       downs: finish.downs - start.downs,
       cpu_s: (finish.cpu.total - start.cpu.total) / 100,
       nif_s: (finish.cpu.nif - start.cpu.nif) / 100,
@@ -396,28 +403,11 @@ defmodule DynamicSrv.Bench.Scale do
     })
   end
 
-  defp snapshot(c, peers, sinks) do
-    polls =
-      Enum.zip(peers, sinks)
-      |> Enum.map(fn {peer, sink} ->
-        Task.async(fn ->
-          {:message_queue_len, len} =
-            Peer.call(peer, :erlang, :process_info, [sink, :message_queue_len], @call_timeout)
-
-          len
-        end)
-      end)
-      |> Task.await_many(@call_timeout + 1_000)
-
-    # Right after the polls, before the slower readings: under load a round of calls to 100
-    # nodes takes seconds, which would otherwise count in one window and not the other.
-    queries = queries(c)
+  defp snapshot(peers) do
     cpu = call(peers, @agent, :cpu_ticks, [])
 
     %{
-      polls: Enum.sum(polls),
       downs: Enum.sum(call(peers, NodeAgent, :nodedown_count, [])),
-      queries: queries,
       cpu: %{total: Enum.sum(Enum.map(cpu, & &1.total)), nif: Enum.sum(Enum.map(cpu, & &1.nif))}
     }
   end
@@ -992,7 +982,7 @@ defmodule DynamicSrv.Bench.Scale do
         "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul; it answers each query in a process of its own, on both cores, as Consul's agent does (answering in one process, it answered 100 nodes' polls late enough for their resolvers to ask again: 1.15–1.38 queries per poll at 100 nodes, in both arms).",
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load. " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time; \"never\" after 1.5× the boot time (the goal; at least 15 s, at most 30 s). DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
-        "Steady: #{div(cfg.steady_ms, 1000)} s after formation; polls counted by tracing each poller's timer message; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
+        "Steady: #{div(cfg.steady_ms, 1000)} s after formation; queries and polls counted in one window of OS time: the queries at the server at its two ends, the polls afterwards from each poller's timer messages, traced with timestamps; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
       "Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
         "Rolling restart: every node in turn, in waves of max(1, N/4) (a Kubernetes Deployment's default `maxUnavailable` of 25%; Nomad's `max_parallel`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
       cost_note,
