@@ -138,6 +138,9 @@ defmodule DynamicSrv.Bench.Scale do
           c
         end
 
+      # A cluster that never formed has no steady state to measure: stopped now, so its churn
+      # does not load the others' steady window.
+      clusters = Enum.map(clusters, &if(&1[:formed_us] == nil, do: retire(&1), else: &1))
       clusters = each(clusters, &(&1[:peers] && steady(&1, cfg)))
       # Join, leave and rolling restart need a mesh that holds: a cluster that never formed,
       # or lost links all through the steady window (the classic rule against Consul's
@@ -148,7 +151,10 @@ defmodule DynamicSrv.Bench.Scale do
       clusters = Enum.map(clusters, &if(&1.stable, do: &1, else: retire(&1)))
       clusters = each(clusters, &(&1.stable && guarded_merge(&1, :join)))
       clusters = each(clusters, &(&1.stable && leave(&1)))
-      clusters = each(clusters, &(&1.stable && rolling(&1)))
+      # The rollouts' new VMs boot ahead of their waves; all at once if they fit.
+      replacements = clusters |> Enum.filter(& &1.stable) |> Enum.map(&MapSet.size(&1.registered))
+      upfront? = Os.mem_available_mb() >= Enum.sum(replacements) * @mb_per_vm
+      clusters = each(clusters, &(&1.stable && rolling(&1, upfront?)))
       Process.put(:scale_clusters, clusters)
       Map.new(clusters, &{key(&1), result(&1)})
     after
@@ -353,7 +359,12 @@ defmodule DynamicSrv.Bench.Scale do
       "booted in #{c.boot_ms} ms, formed in #{inspect(formed_us && div(formed_us, 1000))} ms"
     )
 
-    Map.merge(c, %{formed_us: formed_us, form_queries: diff(queries(c), q0), deadline: deadline})
+    Map.merge(c, %{
+      formed_us: formed_us,
+      form_queries: diff(queries(c), q0),
+      deadline: deadline,
+      formed_footprint: Enum.map(peers, &Os.status(&1.os_pid))
+    })
   end
 
   defp watch(peers) do
@@ -501,35 +512,54 @@ defmodule DynamicSrv.Bench.Scale do
   # --- rolling restart --------------------------------------------------------------------
 
   # Every node in turn, a wave of max(1, N/4) at a time (a Kubernetes Deployment's default
-  # maxUnavailable, 25%): SIGTERM, a new port, DNS updated, a new VM (same name under
-  # dnsmasq, a new app-PORT@IP under Consul) and its poller. Per wave: the time until every
-  # node lists every other again, from the new pollers' start and from the SIGTERM, and the
-  # nodedowns nodes outside the wave saw about nodes outside the wave.
-  defp rolling(c) do
+  # maxUnavailable, 25%): SIGTERM, DNS updated to the new port, the new VM's poller started
+  # (same name under dnsmasq, a new app-PORT@IP under Consul). The new VMs are booted ahead,
+  # as a Deployment's surge pods start before old ones stop: all of them before the rollout
+  # when the group's replacements fit in memory (`upfront?`), else each wave's while the wave
+  # before it meshes. Booting 25 VMs beside a busy 100-node cluster took 25–60 s, the VM's
+  # cost rather than this package's (the boot row measures it). Per wave: the time until
+  # every node lists every other again, from the new pollers' start and from the SIGTERM,
+  # and the nodedowns nodes outside the wave saw about nodes outside the wave.
+  defp rolling(c, upfront?) do
     ks = Enum.sort(c.registered)
     size = max(1, div(length(ks), 4))
     t0 = System.monotonic_time(:millisecond)
+    [first | _] = waves = Enum.chunk_every(ks, size)
+    ahead = if upfront?, do: await_boot(boot_wave(c, ks)), else: nil
 
-    {c, waves} =
-      ks
-      |> Enum.chunk_every(size)
-      |> Enum.reduce({c, []}, fn
+    # A wave's replacements, booted ahead.
+    ready = fn
+      wave, _task when upfront? -> take_boot(ahead, wave)
+      _wave, task -> await_boot(task)
+    end
+
+    {c, results, pending} =
+      waves
+      |> Enum.zip(tl(waves) ++ [nil])
+      |> Enum.reduce({c, [], if(upfront?, do: nil, else: boot_wave(c, first))}, fn
         # A wave that never got back to a full mesh ends the rollout (the rest would wait too).
-        _wave, {c, [%{back_us: nil} | _] = done} ->
-          {c, done}
+        _, {c, [%{back_us: nil} | _] = done, task} ->
+          {c, done, task}
 
-        wave, {c, done} ->
-          {c, result} = restart_wave(c, wave)
+        {wave, next}, {c, done, task} ->
+          boot_next = fn c -> if upfront?, do: nil, else: boot_wave(c, next) end
+          {c, result, task} = restart_wave(c, ready.(wave, task), boot_next)
 
           progress(
             c,
             "wave #{length(done) + 1}: back in #{inspect(result.back_us && div(result.back_us, 1000))} ms, #{result.lost} lost"
           )
 
-          {c, [result | done]}
+          {c, [result | done], task}
       end)
 
-    waves = Enum.reverse(waves)
+    # Replacements booted for waves the rollout did not reach.
+    unused = if upfront?, do: ahead.peers, else: %{}
+    unused = if pending, do: Map.merge(unused, await_boot(pending).peers), else: unused
+    live = MapSet.new(Map.values(c.peers), & &1.os_pid)
+    Peer.stop_all(Enum.reject(Map.values(unused), &MapSet.member?(live, &1.os_pid)))
+
+    waves = Enum.reverse(results)
 
     # Nodedowns that land after the last wave's mesh (global's cascades) still count.
     Process.sleep(1_000)
@@ -540,6 +570,7 @@ defmodule DynamicSrv.Bench.Scale do
     Map.put(c, :rolling, %{
       wave_size: size,
       waves: length(waves),
+      upfront: upfront?,
       lost: Enum.sum(Enum.map(waves, & &1.lost)) + late,
       back_us: Enum.map(waves, & &1.back_us),
       from_term_us: Enum.map(waves, & &1.from_term_us),
@@ -547,7 +578,32 @@ defmodule DynamicSrv.Bench.Scale do
     })
   end
 
-  defp restart_wave(c, wave) do
+  # Boots replacements for `ks` (new ports; new names under Consul) in a task: idle VMs, not
+  # yet in DNS, with no poller. nil for no wave.
+  defp boot_wave(_c, nil), do: nil
+
+  defp boot_wave(c, ks) do
+    Task.async(fn ->
+      nodes =
+        Map.new(ks, fn k ->
+          port = Os.free_port()
+          node = c.nodes[k]
+          {k, %{node | port: port, name: node_name(c, k, node.ip, port)}}
+        end)
+
+      peers = start_peers(%{c | nodes: Map.merge(c.nodes, nodes)}, ks)
+      true = Enum.all?(call(Map.values(peers), NodeAgent, :start_recorder, []), &(&1 == :ok))
+      %{nodes: nodes, peers: peers}
+    end)
+  end
+
+  defp await_boot(task), do: Task.await(task, :infinity)
+
+  defp take_boot(%{nodes: nodes, peers: peers}, wave),
+    do: %{nodes: Map.take(nodes, wave), peers: Map.take(peers, wave)}
+
+  defp restart_wave(c, %{nodes: new_nodes, peers: new}, boot_next) do
+    wave = Map.keys(new)
     stay = for k <- Enum.sort(c.registered), k not in wave, do: c.peers[k]
     downs0 = downs_by_subject(stay)
     old = for k <- wave, do: c.peers[k]
@@ -555,8 +611,8 @@ defmodule DynamicSrv.Bench.Scale do
     Enum.each(old, &Os.signal(&1.os_pid, "TERM"))
 
     # Nomad's default kill_timeout: 5 s from SIGTERM to SIGKILL. Under dnsmasq the new VM
-    # takes the old one's name, so it waits for the old one to be gone; under Consul each
-    # incarnation has a name of its own, and the new one starts at once (a surge).
+    # takes the old one's name, so DNS moves to it once the old one is gone; under Consul
+    # each incarnation has a name of its own, and DNS moves at once.
     stop = fn ->
       for peer <- old do
         unless Os.gone_within?(peer.os_pid, 250), do: Os.stop_pid(peer.os_pid, 0)
@@ -567,22 +623,13 @@ defmodule DynamicSrv.Bench.Scale do
     if c.dns == :consul, do: spawn(stop), else: stop.()
 
     before = listed(c)
-
-    nodes =
-      Enum.reduce(wave, c.nodes, fn k, nodes ->
-        port = Os.free_port()
-        node = nodes[k]
-        Map.put(nodes, k, %{node | port: port, name: node_name(c, k, node.ip, port)})
-      end)
-
-    c = publish(%{c | nodes: nodes}, before)
-    new = start_peers(c, wave)
+    c = publish(%{c | nodes: Map.merge(c.nodes, new_nodes)}, before)
     c = %{c | peers: Map.merge(c.peers, new)}
-    true = Enum.all?(call(Map.values(new), NodeAgent, :start_recorder, []), &(&1 == :ok))
     all = members(c)
     watch(all)
     t_up = System.os_time(:microsecond)
     start_pollers(c, wave, t_up)
+    booting = boot_next.(c)
     back = await_mesh(all, t_up, 20_000)
     downs1 = downs_by_subject(stay)
     # Under Consul an old incarnation may still be shutting down when its wave ends: its
@@ -599,7 +646,7 @@ defmodule DynamicSrv.Bench.Scale do
        lost: lost_links(downs0, downs1, expected),
        downs_after: downs1,
        expected: expected
-     }}
+     }, booting}
   end
 
   defp progress(c, text), do: IO.puts(:stderr, "      #{clock()} #{label(c)}: #{text}")
@@ -634,7 +681,7 @@ defmodule DynamicSrv.Bench.Scale do
       ])
     )
     |> Map.put(:steady, c[:steady] && Map.drop(c.steady, [:footprint]))
-    |> Map.put(:footprint, c[:steady] && Map.get(c.steady, :footprint))
+    |> Map.put(:footprint, (c[:steady] && c.steady.footprint) || c[:formed_footprint])
     |> Map.put(:phase_failures, c[:phase_failures] || [])
     |> Map.put(:join_failed, c[:join_failed])
   end
@@ -824,8 +871,9 @@ defmodule DynamicSrv.Bench.Scale do
     "#{show.(r.back_us)} / #{show.(r.from_term_us)}"
   end
 
-  # RSS and threads from the dnsmasq clusters of the largest size after the steady window:
-  # ours (NIF) against classic (ClassicEpmd, no NIF), same flags, same cluster size.
+  # RSS and threads from the dnsmasq clusters of the largest size after the steady window (or
+  # at the formation deadline of one that never formed): ours (NIF) against classic
+  # (ClassicEpmd, no NIF), same flags, same cluster size.
   defp footprint(results, n) do
     with %{footprint: [_ | _] = o} <- results[{:dnsmasq, :ours, true, n}],
          %{footprint: [_ | _] = c} <- results[{:dnsmasq, :classic, true, n}] do
@@ -961,6 +1009,17 @@ defmodule DynamicSrv.Bench.Scale do
     ]
   end
 
+  defp rollout_modes(results) do
+    for({k, %{rolling: %{upfront: upfront}}} <- Enum.sort(results), do: {k, upfront})
+    |> Enum.group_by(fn {_, upfront} -> upfront end, fn {{dns, arm, _, n}, _} ->
+      "#{n} #{dns} #{arm}"
+    end)
+    |> Enum.map_join("; ", fn
+      {true, ks} -> "ahead of the rollout: " <> Enum.join(ks, ", ")
+      {false, ks} -> "wave by wave: " <> Enum.join(ks, ", ")
+    end)
+  end
+
   defp notes(specs, results, cost, cfg, verdicts, met) do
     groups =
       specs |> groups() |> Enum.map_join("; ", fn g -> Enum.map_join(g, ", ", &label/1) end)
@@ -983,8 +1042,8 @@ defmodule DynamicSrv.Bench.Scale do
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load. " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time; \"never\" after 1.5× the boot time (the goal; at least 15 s, at most 30 s). DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
         "Steady: #{div(cfg.steady_ms, 1000)} s after formation; queries and polls counted in one window of OS time: the queries at the server at its two ends, the polls afterwards from each poller's timer messages, traced with timestamps; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
-      "Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
-        "Rolling restart: every node in turn, in waves of max(1, N/4) (a Kubernetes Deployment's default `maxUnavailable` of 25%; Nomad's `max_parallel`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), a new port, DNS updated, a new VM (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller; the wave ends when every node lists every other. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (which includes the VM's shutdown and boot).",
+      "A cluster that never formed is stopped at its formation deadline (no steady state to measure; its RSS and threads are read then). Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>
+        "Rolling restart: every node in turn, in waves of max(1, N/4) (a Kubernetes Deployment's default `maxUnavailable` of 25%; Nomad's `max_parallel`): SIGTERM (OTP's graceful `init:stop`; SIGKILL 5 s later if still running, Nomad's default `kill_timeout`), DNS updated to a new VM on a new port (the same name under dnsmasq, once the old VM is gone; a new `app-PORT@IP` under Consul, at once) and its poller started; the wave ends when every node lists every other. The new VMs boot ahead, as a Deployment's surge pods start before old ones stop: all of a group's before its rollouts when they fit in memory, else each wave's while the wave before it meshes (#{rollout_modes(results)}). So from SIGTERM counts no VM boot: booting 25 VMs beside a busy 100-node cluster took 25–60 s, the VM's cost (the boot row), not this package's. Disconnects: nodedowns seen by nodes outside the wave about nodes outside the wave, summed over the rollout (and 1 s after it). Back in full mesh: per wave, from the new pollers' start and from the SIGTERM (the old VMs' shutdown, the DNS update and the mesh).",
       cost_note,
       "Largest size at which ours met every goal of this section: #{if met == [], do: "none", else: Enum.max(met)}." <>
         if(missed == [], do: "", else: " Missed: #{Enum.join(missed, "; ")}.")

@@ -118,8 +118,17 @@ defmodule DynamicSrv.Test.ConsulDns do
     ip = {127, 0, 0, 1}
     {:ok, udp} = :gen_udp.open(port, [:binary, ip: ip, active: true, recbuf: 1_000_000])
 
+    # Consul's Go listener takes the kernel's somaxconn (4096); gen_tcp's default backlog
+    # of 5 dropped connections when 100 nodes polled at once, and their polls failed.
     {:ok, listener} =
-      :gen_tcp.listen(port, [:binary, ip: ip, active: false, reuseaddr: true, packet: 2])
+      :gen_tcp.listen(port, [
+        :binary,
+        ip: ip,
+        active: false,
+        reuseaddr: true,
+        packet: 2,
+        backlog: 4096
+      ])
 
     view = :ets.new(:consul_dns_view, [:protected, read_concurrency: true])
     server = self()
