@@ -132,14 +132,35 @@ defmodule DynamicSrv.Bench.Os do
   """
   def track(os_pid) do
     with file when is_binary(file) <- System.get_env("BENCH_PIDFILE"),
-         {:ok, stat} <- File.read("/proc/#{os_pid}/stat"),
-         [_, rest] <- String.split(stat, ") ", parts: 2) do
-      # Field 22 of /proc/<pid>/stat (the 20th after the command name): the start time.
-      start = rest |> String.split(" ") |> Enum.at(19)
+         # Field 22 of /proc/<pid>/stat (the 20th after the command name): the start time.
+         start when is_binary(start) <- start_time(os_pid) do
       File.write(file, "#{os_pid} #{start}\n", [:append])
     end
 
     :ok
+  end
+
+  @doc "The `{os_pid, start time}` pairs tracked so far whose process still runs."
+  def tracked do
+    with file when is_binary(file) <- System.get_env("BENCH_PIDFILE"),
+         {:ok, text} <- File.read(file) do
+      for line <- String.split(text, "\n", trim: true),
+          [pid, start] <- [String.split(line)],
+          pid = String.to_integer(pid),
+          start_time(pid) == start,
+          do: {pid, start}
+    else
+      _ -> []
+    end
+  end
+
+  defp start_time(os_pid) do
+    with {:ok, stat} <- File.read("/proc/#{os_pid}/stat"),
+         [_, rest] <- String.split(stat, ") ", parts: 2) do
+      rest |> String.split(" ") |> Enum.at(19)
+    else
+      _ -> nil
+    end
   end
 
   defp drain(port) do
