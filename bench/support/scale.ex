@@ -562,12 +562,7 @@ defmodule DynamicSrv.Bench.Scale do
           {c, [result | done]}
       end)
 
-    # Replacements booted for waves the rollout did not reach.
-    if upfront? do
-      live = MapSet.new(Map.values(c.peers), & &1.os_pid)
-      Peer.stop_all(Enum.reject(Map.values(ahead.peers), &MapSet.member?(live, &1.os_pid)))
-    end
-
+    # Replacements booted for waves the rollout did not reach go with the group's VMs.
     waves = Enum.reverse(results)
 
     # Nodedowns that land after the last wave's mesh (global's cascades) still count.
@@ -647,15 +642,13 @@ defmodule DynamicSrv.Bench.Scale do
 
     c = Map.merge(c, %{gone: gone, downs_mark: downs1})
     expected = gone ++ Enum.map(Map.values(new), & &1.name)
-    observers = MapSet.new(stay, & &1.name)
 
     {c,
      %{
        # ≤ 0: the others had dialed it (from DNS) before its own poller started.
        back_us: back && max(back, 0),
        from_term_us: back && back + t_up - t_term,
-       lost:
-         lost_links(downs0, Map.filter(downs1, &MapSet.member?(observers, elem(&1, 0))), expected),
+       lost: lost_links(downs0, Map.take(downs1, Enum.map(stay, & &1.name)), expected),
        downs_after: downs1,
        expected: expected
      }}
