@@ -47,8 +47,9 @@ impl Engine {
         cache: Arc<Cache>,
         transport: Transport,
     ) -> Result<Self, ConfigError> {
-        // hickory tries twice (attempts = 1 retry): two thirds of the budget for the SRV query,
-        // and whatever remains bounds the address query; `bounded` enforces the whole budget.
+        // Two thirds of the budget for the SRV query (two attempts of a third over UDP, one
+        // of two thirds over TCP), and whatever remains bounds the address query; `bounded`
+        // enforces the whole budget.
         let attempt_timeout = (config.lookup_timeout / 3).max(Duration::from_millis(10));
         let dns = Dns::with_transport(&config.nameservers, attempt_timeout, transport)?;
         Ok(Self {

@@ -185,12 +185,16 @@ impl Dns {
                 ResolverOpts::default(),
             )
         };
-        let config = match transport {
-            Transport::Udp => config,
-            Transport::Tcp => tcp_only(config),
+        // Over UDP a query or its answer can be lost, so hickory asks twice. Over TCP the
+        // kernel already retransmits: a second attempt only asks the same server again,
+        // doubling a slow server's load, and a server slower than one attempt failed every
+        // lookup. One attempt gets the time both would have had.
+        let (config, attempts, timeout) = match transport {
+            Transport::Udp => (config, 1, attempt_timeout),
+            Transport::Tcp => (tcp_only(config), 0, attempt_timeout * 2),
         };
-        opts.timeout = attempt_timeout;
-        opts.attempts = 1;
+        opts.timeout = timeout;
+        opts.attempts = attempts;
         opts.edns0 = true;
         opts.use_hosts_file = ResolveHosts::Always;
         let servers = config

@@ -318,3 +318,67 @@ async fn tcp_lookups_close_their_connection_with_the_answer() {
     // Every TCP query reached the server (none answered from a resolver cache).
     assert_eq!(server.queries("SRV", "svc.dyn.test"), 20);
 }
+
+/// A TCP relay in front of `upstream` that answers each query `delay` late, counting them.
+async fn slow_tcp_relay(
+    upstream: std::net::SocketAddr,
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let counted = queries.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                while client.read_exact(&mut len).await.is_ok() {
+                    let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                    if client.read_exact(&mut query).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    server.write_all(&len).await.unwrap();
+                    server.write_all(&query).await.unwrap();
+                    let mut reply_len = [0u8; 2];
+                    server.read_exact(&mut reply_len).await.unwrap();
+                    let mut reply = vec![0u8; u16::from_be_bytes(reply_len) as usize];
+                    server.read_exact(&mut reply).await.unwrap();
+                    if client.write_all(&reply_len).await.is_err()
+                        || client.write_all(&reply).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, queries)
+}
+
+#[tokio::test]
+async fn a_slow_server_over_tcp_is_asked_once_and_waited_for() {
+    // Over TCP the kernel retransmits: a second attempt would only ask again. A server that
+    // answers after one UDP attempt's time (but within the two attempts') is waited for.
+    let server = Dnsmasq::builder()
+        .local_domain("dyn.test")
+        .srv("svc.dyn.test", "t1.dyn.test", 4370, 0, 0)
+        .host("t1.dyn.test", &["127.0.0.5"])
+        .start();
+    let (relay, queries) = slow_tcp_relay(server.addr(), ATTEMPT + ATTEMPT / 2).await;
+    let dns = Dns::with_transport(&[relay], ATTEMPT, Transport::Tcp).unwrap();
+
+    let answer = dns.srv("svc.dyn.test").await.unwrap();
+    assert_eq!(answer.records.len(), 1);
+    assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
