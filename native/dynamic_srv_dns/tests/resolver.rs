@@ -288,15 +288,20 @@ fn established_to(port: u16) -> usize {
         .count()
 }
 
+/// svc.dyn.test: one SRV record, to t1.dyn.test:4370 (127.0.0.5).
+fn one_target_server() -> Dnsmasq {
+    Dnsmasq::builder()
+        .local_domain("dyn.test")
+        .srv("svc.dyn.test", "t1.dyn.test", 4370, 0, 0)
+        .host("t1.dyn.test", &["127.0.0.5"])
+        .start()
+}
+
 #[tokio::test]
 async fn tcp_lookups_close_their_connection_with_the_answer() {
     // --no-daemon dnsmasq serves TCP inline in its one process: a connection held open
     // between lookups would starve every other client.
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("svc.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
+    let server = one_target_server();
     let dns = Dns::with_transport(&[server.addr()], ATTEMPT, Transport::Tcp).unwrap();
     for _ in 0..20 {
         let answer = dns.srv("svc.dyn.test").await.unwrap();
@@ -319,6 +324,17 @@ async fn tcp_lookups_close_their_connection_with_the_answer() {
     assert_eq!(server.queries("SRV", "svc.dyn.test"), 20);
 }
 
+/// One DNS-over-TCP message with its two-byte length prefix, as read.
+async fn read_frame(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut frame = vec![0u8; 2];
+    stream.read_exact(&mut frame).await?;
+    let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
+    frame.resize(2 + len, 0);
+    stream.read_exact(&mut frame[2..]).await?;
+    Ok(frame)
+}
+
 /// A TCP relay in front of `upstream` that answers each query `delay` late, counting them.
 async fn slow_tcp_relay(
     upstream: std::net::SocketAddr,
@@ -329,7 +345,7 @@ async fn slow_tcp_relay(
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -339,24 +355,13 @@ async fn slow_tcp_relay(
         while let Ok((mut client, _)) = listener.accept().await {
             let counted = counted.clone();
             tokio::spawn(async move {
-                let mut len = [0u8; 2];
-                while client.read_exact(&mut len).await.is_ok() {
-                    let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
-                    if client.read_exact(&mut query).await.is_err() {
-                        return;
-                    }
+                while let Ok(query) = read_frame(&mut client).await {
                     counted.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(delay).await;
                     let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                    server.write_all(&len).await.unwrap();
                     server.write_all(&query).await.unwrap();
-                    let mut reply_len = [0u8; 2];
-                    server.read_exact(&mut reply_len).await.unwrap();
-                    let mut reply = vec![0u8; u16::from_be_bytes(reply_len) as usize];
-                    server.read_exact(&mut reply).await.unwrap();
-                    if client.write_all(&reply_len).await.is_err()
-                        || client.write_all(&reply).await.is_err()
-                    {
+                    let reply = read_frame(&mut server).await.unwrap();
+                    if client.write_all(&reply).await.is_err() {
                         return;
                     }
                 }
@@ -370,11 +375,7 @@ async fn slow_tcp_relay(
 async fn a_slow_server_over_tcp_is_asked_once_and_waited_for() {
     // Over TCP the kernel retransmits: a second attempt would only ask again. A server that
     // answers after one UDP attempt's time (but within the two attempts') is waited for.
-    let server = Dnsmasq::builder()
-        .local_domain("dyn.test")
-        .srv("svc.dyn.test", "t1.dyn.test", 4370, 0, 0)
-        .host("t1.dyn.test", &["127.0.0.5"])
-        .start();
+    let server = one_target_server();
     let (relay, queries) = slow_tcp_relay(server.addr(), ATTEMPT + ATTEMPT / 2).await;
     let dns = Dns::with_transport(&[relay], ATTEMPT, Transport::Tcp).unwrap();
 
