@@ -48,6 +48,7 @@ defmodule DynamicSrv.Bench.Agent do
   """
   def watch_mesh(expected) do
     :persistent_term.put(@mesh, nil)
+    :persistent_term.put({__MODULE__, :expected}, expected)
     parent = self()
 
     pid =
@@ -79,6 +80,80 @@ defmodule DynamicSrv.Bench.Agent do
   end
 
   def mesh_time, do: :persistent_term.get(@mesh, nil)
+
+  @doc """
+  What keeps this node from the mesh `watch_mesh/1` waits for: the expected nodes it is not
+  connected to, and of those the ones its poller does not list (nil: no poller running).
+  """
+  def mesh_gap do
+    expected = :persistent_term.get({__MODULE__, :expected}, []) -- [node()]
+    missing = expected -- Node.list()
+    listed = poller_members()
+
+    %{
+      missing: missing,
+      unlisted: listed && Enum.reject(missing, &(&1 in listed)),
+      poller: poller_facts()
+    }
+  end
+
+  # One SRV query over TCP from this node, outside the NIF: how long the server takes now.
+  defp probe(%{service: service, nameservers: "127.0.0.1:" <> port}) do
+    host = "127.0.0.1"
+    {:ok, ip} = :inet.parse_address(String.to_charlist(host))
+
+    {us, result} =
+      :timer.tc(fn ->
+        :inet_res.resolve(String.to_charlist(service), :in, :srv,
+          nameservers: [{ip, String.to_integer(port)}],
+          usevc: true,
+          timeout: 10_000
+        )
+      end)
+
+    case result do
+      {:ok, msg} -> {div(us, 1000), length(:inet_dns.msg(msg, :anlist))}
+      other -> {div(us, 1000), other}
+    end
+  end
+
+  defp probe(options), do: {:no_probe, options.nameservers}
+
+  defp poller_facts do
+    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
+         {:links, [poller | _]} <- Process.info(owner, :links) do
+      s = :sys.get_state(poller, 5_000)
+
+      %{
+        members: length(s.members),
+        in_flight: s.poll_tag != nil,
+        connecting: MapSet.size(s.connecting),
+        queue: elem(Process.info(poller, :message_queue_len), 1),
+        topology_members: length(DynamicSrv.Native.topology_members(s.native)),
+        probe: probe(s.options)
+      }
+    else
+      _ -> nil
+    end
+  catch
+    kind, why -> {kind, why}
+  end
+
+  defp poller_members do
+    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
+         {:links, [poller | _]} <- Process.info(owner, :links),
+         {:ok, members} <- safe_members(poller) do
+      members
+    else
+      _ -> nil
+    end
+  end
+
+  defp safe_members(poller) do
+    {:ok, DynamicSrv.Cluster.members(poller)}
+  catch
+    :exit, _ -> :error
+  end
 
   @doc "Counts long_schedule events (>= `ms`) on this node until `long_schedule_report/0`."
   def monitor_long_schedule(ms) do
