@@ -40,7 +40,8 @@ defmodule DynamicSrv.Bench.Cache do
         {:ok, topology} =
           Native.topology_new(
             vars,
-            {"s#{k}.#{@domain}", :service_prefix, nil, :inet, @per_answer, nil, {:tcp, 10_000}}
+            {"s#{k}.#{@domain}", :service_prefix, nil, :inet, @per_answer, nil,
+             {:tcp, 10_000, 5_000}}
           )
 
         topology

@@ -46,7 +46,8 @@ defmodule DynamicSrv.Bench.LargeAnswer do
           Native.environment(),
           # The poller's defaults for the last element (dns_transport :tcp, removal_delay
           # 10 s), as DynamicSrv.Cluster.native_options/1 builds it.
-          {@service, :service_prefix, nil, :inet, 1024, Dns.nameserver(dns), {:tcp, 10_000}}
+          {@service, :service_prefix, nil, :inet, 1024, Dns.nameserver(dns),
+           {:tcp, 10_000, 5_000}}
         )
 
       nif_poll = fn ->

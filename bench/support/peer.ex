@@ -22,7 +22,7 @@ defmodule DynamicSrv.Bench.Peer do
   server on 127.0.0.1 given as `%{port: port, dir: scratch_dir}` (the Consul section's
   ConsulDns). Options, for all nodes or per spec (a spec's `erl_args` come after the shared
   ones, its `env` is merged over them, its `ebin`/`epmd_module` win): `erl_args`, `env`,
-  `ebin`, `epmd_module` (default: the arm's), `nice` (run the VM at this niceness, or `:idle`: under SCHED_IDLE, below every ordinary process). Returns
+  `ebin`, `epmd_module` (default: the arm's), `nice` (run the VM at this niceness). Returns
   the peers in spec order.
   """
   def start_many!(specs, dns, opts \\ []) do
@@ -83,11 +83,10 @@ defmodule DynamicSrv.Bench.Peer do
 
     parent = self()
 
-    # nice and chrt exec erl: the OS pid is the VM's either way.
+    # nice execs erl: the OS pid is the VM's either way.
     {executable, args} =
       case opts[:nice] do
         nil -> {erl, args}
-        :idle -> {System.find_executable("chrt"), ["--idle", "0", erl | args]}
         n -> {System.find_executable("nice"), ["-n", Integer.to_string(n), erl | args]}
       end
 

@@ -14,7 +14,8 @@ defmodule DynamicSrv.Cluster do
     * `:service` — required. The DNS name whose SRV records list the nodes. `:ignore` or
       `nil` disables the topology (one info line; nothing is started).
     * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
-      first poll runs at start.
+      first poll runs at start. A poll waits for DNS up to this long (at most 10 s, never
+      less than `DYNAMIC_SRV_LOOKUP_TIMEOUT_MS`): a late answer is still the newest.
     * `:disconnect_on_deregister` — default `true`: nodes that left DNS leave the cluster
       (see below). A DNS *failure* never counts as leaving. `false`: nobody is disconnected,
       and a node that left keeps its links.
@@ -217,7 +218,7 @@ defmodule DynamicSrv.Cluster do
       end
 
     {options.service, naming, basename, options.ip_family, options.max_nodes, options.nameservers,
-     {options.dns_transport, options.removal_delay}}
+     {options.dns_transport, options.removal_delay, options.polling_interval}}
   end
 
   @impl true

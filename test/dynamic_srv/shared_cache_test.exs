@@ -56,7 +56,7 @@ defmodule DynamicSrv.SharedCacheTest do
     {:ok, topology} =
       Native.topology_new(
         vars,
-        {service, kind, base, :inet, max_nodes, nil, {:tcp, removal_delay}}
+        {service, kind, base, :inet, max_nodes, nil, {:tcp, removal_delay, 5_000}}
       )
 
     topology

@@ -69,8 +69,8 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
     test "every NIF function raises ArgumentError for wrong types", %{engine: engine} do
       huge = :binary.copy("a", 16 * 1024 * 1024)
       not_utf8 = <<255, 254>>
-      # {dns_transport, removal_delay_ms}
-      tcp = {:tcp, 0}
+      # {dns_transport, removal_delay_ms, polling_interval_ms}
+      tcp = {:tcp, 0, 5_000}
 
       calls = [
         fn -> Native.configure(:not_a_map) end,
@@ -93,10 +93,25 @@ defmodule DynamicSrv.Integration.NifRobustnessTest do
         end,
         fn -> Native.topology_new(%{}, {"svc.test", :made_up, nil, :inet, 1, nil, tcp}) end,
         fn ->
-          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil, {:quic, 0}})
+          Native.topology_new(
+            %{},
+            {"svc.test", :service_prefix, nil, :inet, 1, nil, {:quic, 0, 5_000}}
+          )
         end,
         fn ->
-          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil, {:tcp, -5}})
+          Native.topology_new(
+            %{},
+            {"svc.test", :service_prefix, nil, :inet, 1, nil, {:tcp, -5, 5_000}}
+          )
+        end,
+        fn ->
+          Native.topology_new(
+            %{},
+            {"svc.test", :service_prefix, nil, :inet, 1, nil, {:tcp, 0, -1}}
+          )
+        end,
+        fn ->
+          Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil, {:tcp, 0}})
         end,
         fn -> Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet, 1, nil}) end,
         fn -> Native.topology_new(%{}, {"svc.test", :service_prefix, nil, :inet}) end,

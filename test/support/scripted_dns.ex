@@ -9,6 +9,8 @@ defmodule DynamicSrv.Test.ScriptedDns do
   #   * `:truncate_tcp_refused` — UDP answers carry TC=1 and no records, and TCP is refused:
   #     the listener and every open TCP connection are closed;
   #   * `:blackhole` — reads every query (UDP and TCP) and never answers;
+  #   * `{:delay, ms, mode}` — answers as `mode` does, each answer `ms` late (a slow or
+  #     overloaded server);
   #   * `{:rotate, groups, n}` — like `{:answer, ...}` with a random `n` of `groups` (lists of
   #     records, e.g. an SRV record and its target's A record) per query, as a server under a
   #     record-count cap answers (Route 53 multivalue answers: 8);
@@ -34,6 +36,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
           | {:rcode, :servfail | :refused}
           | :truncate_tcp_refused
           | :blackhole
+          | {:delay, pos_integer(), mode()}
           | {:answer, [Wire.wire_record()]}
           | {:rotate, [[Wire.wire_record()]], pos_integer()}
           | {:forge, (String.t(), atom() -> nil | tuple())}
@@ -89,6 +92,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
   def mode_name({:answer, _}), do: :answer
   def mode_name({:rotate, _, _}), do: :rotate
   def mode_name({:forge, _}), do: :forge
+  def mode_name({:delay, _, _}), do: :delay
   def mode_name(mode) when is_atom(mode), do: mode
 
   # --- server ------------------------------------------------------------------------------
@@ -142,6 +146,18 @@ defmodule DynamicSrv.Test.ScriptedDns do
 
       {:forward, upstream} ->
         spawn(fn -> forward_udp(udp, {ip, port}, packet, upstream) end)
+
+      {:reply, bytes, delay_ms} ->
+        spawn(fn ->
+          Process.sleep(delay_ms)
+          :gen_udp.send(udp, ip, port, bytes)
+        end)
+
+      {:forward, upstream, delay_ms} ->
+        spawn(fn ->
+          Process.sleep(delay_ms)
+          forward_udp(udp, {ip, port}, packet, upstream)
+        end)
 
       :drop ->
         :ok
@@ -234,6 +250,14 @@ defmodule DynamicSrv.Test.ScriptedDns do
 
   defp action(:blackhole, _query, _transport, _upstream), do: :drop
 
+  defp action({:delay, ms, mode}, query, transport, upstream) do
+    case action(mode, query, transport, upstream) do
+      {:reply, bytes} -> {:reply, bytes, ms}
+      {:forward, upstream} -> {:forward, upstream, ms}
+      :drop -> :drop
+    end
+  end
+
   defp action({:rotate, groups, n}, query, transport, upstream) do
     records = groups |> Enum.take_random(n) |> List.flatten()
     action({:answer, records}, query, transport, upstream)
@@ -309,7 +333,9 @@ defmodule DynamicSrv.Test.ScriptedDns do
       {:ok, packet} ->
         case GenServer.call(server, {:tcp_query, packet}, 30_000) do
           {:reply, bytes} -> :gen_tcp.send(socket, bytes)
+          {:reply, bytes, delay_ms} -> Process.sleep(delay_ms) && :gen_tcp.send(socket, bytes)
           {:forward, upstream} -> relay_tcp(socket, packet, upstream)
+          {:forward, upstream, delay_ms} -> relay_tcp(socket, packet, upstream, delay_ms)
           # Blackhole: keep reading, never answer.
           :drop -> :ok
         end
@@ -336,7 +362,8 @@ defmodule DynamicSrv.Test.ScriptedDns do
 
   # One upstream connection per query; an upstream failure closes the client's connection,
   # as a failing server would.
-  defp relay_tcp(client, packet, {up_ip, up_port}) do
+  defp relay_tcp(client, packet, {up_ip, up_port}, delay_ms \\ 0) do
+    Process.sleep(delay_ms)
     opts = [:binary, active: false, packet: 2]
 
     with {:ok, upstream} <- :gen_tcp.connect(up_ip, up_port, opts, @upstream_timeout),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dynamic_srv_dns::resolver::{Dns, SrvRecord, Transport};
 use dynamic_srv_dns::{Family, LookupError};
-use support::Dnsmasq;
+use support::{slow_tcp_relay, Dnsmasq};
 
 const ATTEMPT: Duration = Duration::from_millis(500);
 
@@ -322,53 +322,6 @@ async fn tcp_lookups_close_their_connection_with_the_answer() {
     );
     // Every TCP query reached the server (none answered from a resolver cache).
     assert_eq!(server.queries("SRV", "svc.dyn.test"), 20);
-}
-
-/// One DNS-over-TCP message with its two-byte length prefix, as read.
-async fn read_frame(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut frame = vec![0u8; 2];
-    stream.read_exact(&mut frame).await?;
-    let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
-    frame.resize(2 + len, 0);
-    stream.read_exact(&mut frame[2..]).await?;
-    Ok(frame)
-}
-
-/// A TCP relay in front of `upstream` that answers each query `delay` late, counting them.
-async fn slow_tcp_relay(
-    upstream: std::net::SocketAddr,
-    delay: Duration,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use tokio::io::AsyncWriteExt;
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let queries = Arc::new(AtomicUsize::new(0));
-    let counted = queries.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                while let Ok(query) = read_frame(&mut client).await {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(delay).await;
-                    let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                    server.write_all(&query).await.unwrap();
-                    let reply = read_frame(&mut server).await.unwrap();
-                    if client.write_all(&reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, queries)
 }
 
 #[tokio::test]

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamic_srv_dns::resolver::Transport;
 use dynamic_srv_dns::{
     Cache, Config, Engine, Family, NodeNaming, PortMode, Topology, TopologyConfig,
 };
-use support::Dnsmasq;
+use support::{slow_tcp_relay, Dnsmasq};
 
 const SERVICE: &str = "my-app.service.consul";
 
@@ -171,4 +172,53 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
             "{member} not cached"
         );
     }
+}
+
+/// A poll over TCP with a 300 ms lookup timeout, with `for_polls(interval)` or without.
+fn polling_topology(nameserver: SocketAddr, interval: Option<Duration>) -> Topology {
+    let config = Config {
+        dist_port: None,
+        nameservers: vec![nameserver],
+        port_mode: PortMode::Name,
+        lookup_timeout: Duration::from_millis(300),
+        min_ttl: Duration::from_secs(5),
+        max_stale: Duration::from_secs(60),
+    };
+    let config = match interval {
+        Some(interval) => config.for_polls(interval),
+        None => config,
+    };
+    let engine =
+        Engine::with_transport(config, Arc::new(Cache::default()), Transport::Tcp).unwrap();
+    let config = TopologyConfig {
+        service: SERVICE.into(),
+        naming: NodeNaming::BasenamePortIp("app".into()),
+        family: Family::Inet,
+        max_nodes: 64,
+        removal_delay: Duration::ZERO,
+    };
+    Topology::new(config, Arc::new(engine)).unwrap()
+}
+
+#[tokio::test]
+async fn a_poll_waits_for_a_server_slower_than_the_lookup_timeout_until_its_next_is_due() {
+    // Nothing waits on a poll: an answer 600 ms late, past a 300 ms lookup timeout but
+    // before the next poll 1.5 s on, is still the newest membership.
+    let server = Dnsmasq::builder()
+        .local_domain("consul")
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+        .start();
+    let (relay, queries) = slow_tcp_relay(server.addr(), Duration::from_millis(600)).await;
+
+    let bounded_by_lookups = polling_topology(relay, None).poll().await;
+    assert!(bounded_by_lookups.failed);
+    assert!(bounded_by_lookups.change.members.is_empty());
+
+    let poll = polling_topology(relay, Some(Duration::from_millis(1500)))
+        .poll()
+        .await;
+    assert!(!poll.failed, "{poll:?}");
+    assert_eq!(poll.change.members, ["app-21001@127.0.0.11"]);
+    assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

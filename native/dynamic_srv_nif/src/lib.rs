@@ -186,20 +186,27 @@ type TopologyOptions = (
     Atom,
     usize,
     Option<String>,
-    (Atom, u64),
+    (Atom, u64, u64),
 );
 
 /// `options` is `{service, naming, basename | nil, family, max_nodes, nameservers | nil,
-/// {:tcp | :udp, removal_delay_ms}}`; `vars` the environment, for the resolver settings when
-/// `nameservers` is nil.
+/// {:tcp | :udp, removal_delay_ms, polling_interval_ms}}`; `vars` the environment, for the
+/// resolver settings when `nameservers` is nil.
 #[rustler::nif]
 fn topology_new<'a>(
     env: Env<'a>,
     vars: HashMap<String, String>,
     options: TopologyOptions,
 ) -> NifResult<Term<'a>> {
-    let (service, naming, basename, family, max_nodes, nameservers, (transport, removal_delay)) =
-        options;
+    let (
+        service,
+        naming,
+        basename,
+        family,
+        max_nodes,
+        nameservers,
+        (transport, removal_delay, polling_interval),
+    ) = options;
     let family = decode_family(family)?;
     let transport = if transport == atoms::tcp() {
         Transport::Tcp
@@ -210,8 +217,9 @@ fn topology_new<'a>(
     };
     let naming = decode_naming((naming, basename))?;
     let build = || -> Result<ResourceArc<TopologyResource>, String> {
-        let mut config =
-            Config::discovery_from_env(|var| vars.get(var).cloned()).map_err(|e| e.to_string())?;
+        let mut config = Config::discovery_from_env(|var| vars.get(var).cloned())
+            .map_err(|e| e.to_string())?
+            .for_polls(Duration::from_millis(polling_interval));
         if let Some(list) = &nameservers {
             config.nameservers = parse_nameservers(NAMESERVERS, list)
                 .map_err(|e| e.to_string().replacen(NAMESERVERS, "nameservers", 1))?;
