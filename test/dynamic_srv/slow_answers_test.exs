@@ -59,7 +59,15 @@ defmodule DynamicSrv.SlowAnswersTest do
     end
   end
 
-  test "with an interval shorter than the answer takes, the lookup timeout still bounds the poll",
+  test "with an interval shorter than the lookup timeout, the lookup timeout is the budget",
+       %{dns: dns} do
+    System.put_env("DYNAMIC_SRV_LOOKUP_TIMEOUT_MS", "2000")
+    pid = poller(dns, :tcp, 300, :slow_floor)
+    :ok = Cluster.poll_now(pid)
+    assert Cluster.members(pid) == [:"a@svc.test"]
+  end
+
+  test "with an interval shorter than the answer takes, and a short lookup timeout, the poll fails",
        %{dns: dns} do
     pid = poller(dns, :tcp, 400, :slow_short_interval)
 

@@ -187,6 +187,7 @@ defmodule DynamicSrv.Test.ScriptedDns do
 
   # TCP is refused only in :truncate_tcp_refused; every other mode listens.
   defp apply_mode(state, :truncate_tcp_refused), do: close_tcp(state)
+  defp apply_mode(state, {:delay, _ms, mode}), do: apply_mode(state, mode)
   defp apply_mode(%{listener: nil} = state, _mode), do: open_tcp(state)
   defp apply_mode(state, _mode), do: state
 

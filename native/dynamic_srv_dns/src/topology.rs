@@ -319,7 +319,7 @@ impl Topology {
                 (
                     format!(
                         "{} SRV targets have no {family} address in the answer, and DNS gave \
-                         none within the lookup timeout (e.g. {first}), so their nodes cannot \
+                         none within the poll's budget (e.g. {first}), so their nodes cannot \
                          be named",
                         no_address.len(),
                     ),
