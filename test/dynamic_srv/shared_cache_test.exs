@@ -238,10 +238,10 @@ defmodule DynamicSrv.SharedCacheTest do
     assert length(first.members) == 1000
     assert first.queries == 1001
     assert a_queries(dns) == 1000
-    # The lookups ran a few at a time, not one socket per target all at once (1000 before):
-    # 8 in flight, and the server counts a closed connection out only once it has caught up
-    # with its mailbox, so it sees a few dozen at most.
-    assert ScriptedDns.peak_connections(dns) < 64
+    # The lookups ran a few at a time, not one socket per target all at once (578 open at
+    # once before): 8 in flight, and the server counts a closed connection out only once it
+    # has caught up with its mailbox, so it sees a few dozen (94 once in CI, under load).
+    assert ScriptedDns.peak_connections(dns) < 200
 
     second = poll(bulk)
     assert length(second.members) == 1000
