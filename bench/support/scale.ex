@@ -171,7 +171,7 @@ defmodule DynamicSrv.Bench.Scale do
       Enum.each(Process.delete(:scale_clusters) || [], &teardown/1)
       # VMs of a phase that failed half-way (replacements booted for a rollout that raised)
       # are in no cluster's map: every VM this group started goes.
-      Enum.each(Os.tracked() -- tracked, fn {pid, _} -> Os.stop_pid(pid, 0) end)
+      Os.kill_all(for {pid, _} <- Os.tracked() -- tracked, do: pid)
     end
   end
 

@@ -20,15 +20,25 @@ fn topology(nameserver: SocketAddr) -> Topology {
 
 /// `min_ttl` also bounds how long a target's looked-up address is reused between polls.
 fn topology_holding(nameserver: SocketAddr, min_ttl: Duration) -> Topology {
-    let config = Config {
+    let config = consul_config(nameserver, Duration::from_millis(1500), min_ttl);
+    topology_over(config, Transport::Udp)
+}
+
+/// Name mode against one server, as the Consul recipe runs.
+fn consul_config(nameserver: SocketAddr, lookup_timeout: Duration, min_ttl: Duration) -> Config {
+    Config {
         dist_port: None,
         nameservers: vec![nameserver],
         port_mode: PortMode::Name,
-        lookup_timeout: Duration::from_millis(1500),
+        lookup_timeout,
         min_ttl,
         max_stale: Duration::from_secs(60),
-    };
-    let engine = Arc::new(Engine::new(config, Arc::new(Cache::default())).unwrap());
+    }
+}
+
+/// A topology of `SERVICE` named `{:basename_port_ip, "app"}`, asking over `transport`.
+fn topology_over(config: Config, transport: Transport) -> Topology {
+    let engine = Engine::with_transport(config, Arc::new(Cache::default()), transport).unwrap();
     let config = TopologyConfig {
         service: SERVICE.into(),
         naming: NodeNaming::BasenamePortIp("app".into()),
@@ -36,7 +46,7 @@ fn topology_holding(nameserver: SocketAddr, min_ttl: Duration) -> Topology {
         max_nodes: 64,
         removal_delay: Duration::ZERO,
     };
-    Topology::new(config, engine).unwrap()
+    Topology::new(config, Arc::new(engine)).unwrap()
 }
 
 #[tokio::test]
@@ -176,28 +186,16 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
 
 /// A poll over TCP with a 300 ms lookup timeout, with `for_polls(interval)` or without.
 fn polling_topology(nameserver: SocketAddr, interval: Option<Duration>) -> Topology {
-    let config = Config {
-        dist_port: None,
-        nameservers: vec![nameserver],
-        port_mode: PortMode::Name,
-        lookup_timeout: Duration::from_millis(300),
-        min_ttl: Duration::from_secs(5),
-        max_stale: Duration::from_secs(60),
-    };
+    let config = consul_config(
+        nameserver,
+        Duration::from_millis(300),
+        Duration::from_secs(5),
+    );
     let config = match interval {
         Some(interval) => config.for_polls(interval),
         None => config,
     };
-    let engine =
-        Engine::with_transport(config, Arc::new(Cache::default()), Transport::Tcp).unwrap();
-    let config = TopologyConfig {
-        service: SERVICE.into(),
-        naming: NodeNaming::BasenamePortIp("app".into()),
-        family: Family::Inet,
-        max_nodes: 64,
-        removal_delay: Duration::ZERO,
-    };
-    Topology::new(config, Arc::new(engine)).unwrap()
+    topology_over(config, Transport::Tcp)
 }
 
 #[tokio::test]
