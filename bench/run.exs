@@ -160,8 +160,8 @@ scale =
            Scale.run(
              sizes: sizes,
              steady_ms: steady_s * 1_000,
-             # BENCH_SCALE_POP_OFF=100: also ours against dnsmasq at that size with
-             # prevent_overlapping_partitions false (a cluster more: past the 15 minutes).
+             # BENCH_SCALE_POP_OFF=100: also ours against each DNS server at that size with
+             # prevent_overlapping_partitions false (two clusters more: past the 15 minutes).
              pop_off: pop_off_size.(System.get_env("BENCH_SCALE_POP_OFF")),
              cost_members: [Enum.max(sizes), 1000],
              # BENCH_SCALE_ONLY=dnsmasq,ours: just the clusters with those DNS servers / arms.

@@ -98,6 +98,22 @@ defmodule DynamicSrv.Bench.Os do
     :ok
   end
 
+  @doc """
+  Sets the niceness of every thread of `os_pid` (Linux's setpriority acts on one thread, and
+  threads started later inherit it). Below 0 needs root: returns `{:error, output}` then.
+  """
+  def renice(os_pid, niceness) do
+    tids = File.ls!("/proc/#{os_pid}/task")
+    args = ["-n", Integer.to_string(niceness), "-p" | tids]
+
+    case System.cmd("renice", args, stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {output, _} -> {:error, String.trim(output)}
+    end
+  rescue
+    error in [File.Error, ErlangError] -> {:error, Exception.message(error)}
+  end
+
   @doc "One signal to all of `os_pids`, in one command (a fork each is slow on a busy machine)."
   def signal_all([], _sig), do: :ok
 

@@ -44,6 +44,11 @@ defmodule DynamicSrv.Bench.Scale do
   # SCHED_IDLE (any ordinary process first) a dnsmasq restart amid 200 starved nodes took
   # 80 s, and waves took longer than at niceness 19.
   @nice 19
+  # And this harness (ConsulDns answers in it) and dnsmasq above every ordinary process: at
+  # niceness 0, 100 VMs' hundreds of threads outweighed its 2 schedulers. Two 100-node
+  # rollouts at once: a ConsulDns query took 26 s, a registration 20–28 s, and a wave's
+  # pollers, whose every poll failed, never listed each other.
+  @server_nice -10
   # Schedulers that sleep instead of spinning when idle: 200 VMs share 2 cores.
   @vm_flags ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
 
@@ -63,7 +68,7 @@ defmodule DynamicSrv.Bench.Scale do
       for n <- Enum.sort(sizes),
           # Both arms against one DNS server share a group, so they see the same load.
           spec <-
-            if(n == pop_off, do: [{:dnsmasq, :ours, false}], else: []) ++
+            if(n == pop_off, do: [{:dnsmasq, :ours, false}, {:consul, :ours, false}], else: []) ++
               [{:dnsmasq, :ours, true}, {:dnsmasq, :classic, true}] ++
               [{:consul, :ours, true}, {:consul, :classic, true}] do
         {dns, arm, pop} = spec
@@ -74,6 +79,7 @@ defmodule DynamicSrv.Bench.Scale do
       |> Enum.map(fn {spec, c} -> Map.put(spec, :net, c) end)
 
     :persistent_term.put({__MODULE__, :t0}, System.monotonic_time(:millisecond))
+    cfg = Map.put(cfg, :priority, Os.renice(System.pid(), @server_nice))
 
     results =
       specs
@@ -255,8 +261,14 @@ defmodule DynamicSrv.Bench.Scale do
   defp node_name(%{dns: :dnsmasq} = s, k, _ip, _port), do: "n#{k}@s#{s.n}-#{s.net}.bench.test"
   defp node_name(%{dns: :consul}, _k, ip, port), do: "app-#{port}@#{:inet.ntoa(ip)}"
 
-  defp start_dns(%{dns: :dnsmasq} = c), do: Dns.start!(records(c))
+  defp start_dns(%{dns: :dnsmasq} = c), do: prioritized(Dns.start!(records(c)))
   defp start_dns(%{dns: :consul} = c), do: register(c, ConsulDns.start!(dc: "dc1"), %{})
+
+  # Its TCP workers, forked per connection, inherit it.
+  defp prioritized(%Dns{os_pid: os_pid} = dns) do
+    Os.renice(os_pid, @server_nice)
+    dns
+  end
 
   defp records(c) do
     for k <- Enum.sort(c.registered), node = c.nodes[k], reduce: [] do
@@ -296,7 +308,7 @@ defmodule DynamicSrv.Bench.Scale do
 
   # Makes DNS list `c.registered` at their current ports.
   defp publish(%{dns: :dnsmasq} = c, _before),
-    do: %{c | server: Dns.restart!(c.server, records(c))}
+    do: %{c | server: prioritized(Dns.restart!(c.server, records(c)))}
 
   defp publish(%{dns: :consul} = c, before), do: %{c | server: register(c, c.server, before)}
 
@@ -420,7 +432,10 @@ defmodule DynamicSrv.Bench.Scale do
       gaps
       |> Enum.filter(fn {_p, g} -> g.missing != [] end)
       |> Enum.take(3)
-      |> Enum.map_join("; ", fn {p, g} -> "#{p.name}: #{inspect(g.poller)}" end)
+      |> Enum.map_join("; ", fn {p, g} ->
+        "#{p.name}: #{inspect(g.poller)}, lists #{length(g.unexpected || [])} beyond the expected (#{inspect(Enum.take(g.unexpected || [], 2))}), " <>
+          "last warnings #{inspect(g.warnings)}"
+      end)
 
     "#{facts}; " <>
       "#{lacking} nodes lack #{length(pairs)} links (new-new #{Enum.count(pairs, &(&1 == {true, true}))}, " <>
@@ -1070,6 +1085,13 @@ defmodule DynamicSrv.Bench.Scale do
     end)
   end
 
+  defp priority(:ok),
+    do: "this harness, which runs ConsulDns, and dnsmasq run at niceness #{@server_nice}"
+
+  defp priority({:error, why}),
+    do:
+      "this harness and dnsmasq could not be raised to niceness #{@server_nice} (#{why}), so waves may time out on a slow DNS server"
+
   defp notes(specs, results, cost, cfg, verdicts, met) do
     groups =
       specs |> groups() |> Enum.map_join("; ", fn g -> Enum.map_join(g, ", ", &label/1) end)
@@ -1086,7 +1108,7 @@ defmodule DynamicSrv.Bench.Scale do
       end
 
     [
-      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
+      "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores; #{priority(cfg.priority)}), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
         "dnsmasq: nodes `nK@sN-C.bench.test`, SRV on the service to `nK.sN-C.bench.test` with its port, an SRV and an A record on that target; ours: `DynamicSrv.Epmd` (srv mode) and `DynamicSrv.Cluster` (defaults: TCP, `removal_delay` 10 s); classic: the classic epmd module (SRV + A per `address_please/3`, no NIF) and the classic poller (one `:inet_res` SRV query per poll, the last answer is the membership). A DNS change restarts dnsmasq (it cannot reload SRV records): a few ms without a server, which ours rides out (a failed poll keeps the membership) and the classic poller reads as an empty answer. " <>
         "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul; it answers each query in a process of its own, on both cores, as Consul's agent does (answering in one process, it answered 100 nodes' polls late enough for their resolvers to ask again: 1.15–1.38 queries per poll at 100 nodes, in both arms).",
       "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load. " <>

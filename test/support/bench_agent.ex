@@ -9,13 +9,32 @@ defmodule DynamicSrv.Bench.Agent do
 
   @mesh {__MODULE__, :mesh}
   @long {__MODULE__, :long_schedule}
+  @warnings DynamicSrv.Bench.Agent.Warnings
 
   def main do
     {:ok, _} = Application.ensure_all_started(:elixir)
     {:ok, _} = Application.ensure_all_started(:logger)
-    Logger.configure(level: :error)
+    # Only errors are printed, but the poller's last warnings are kept for mesh_gap/0.
+    Logger.configure(level: :warning)
+    :ets.new(@warnings, [:named_table, :public])
+    :ok = :logger.add_primary_filter(@warnings, {&__MODULE__.keep_warning/2, []})
     DynamicSrv.Test.NodeAgent.serve()
   end
+
+  @doc false
+  def keep_warning(%{level: :warning, msg: msg}, _) do
+    kept = :ets.lookup(@warnings, :last) |> Enum.flat_map(fn {_, list} -> list end)
+    text = msg |> format_msg() |> String.slice(0, 300)
+    :ets.insert(@warnings, {:last, Enum.take([text | kept], 3)})
+    :stop
+  end
+
+  def keep_warning(%{level: level}, _),
+    do: if(:logger.compare_levels(level, :error) == :lt, do: :stop, else: :ignore)
+
+  defp format_msg({:string, chardata}), do: IO.chardata_to_string(chardata)
+  defp format_msg({format, args}) when is_list(args), do: to_string(:io_lib.format(format, args))
+  defp format_msg(other), do: inspect(other)
 
   @doc """
   Starts the membership poller of `arm` at wall-clock time `at_us` (os_time, µs), in a process
@@ -93,7 +112,9 @@ defmodule DynamicSrv.Bench.Agent do
     %{
       missing: missing,
       unlisted: listed && Enum.reject(missing, &(&1 in listed)),
-      poller: poller_facts()
+      unexpected: listed && listed -- [node() | expected],
+      poller: poller_facts(),
+      warnings: Enum.flat_map(:ets.lookup(@warnings, :last), fn {_, list} -> list end)
     }
   end
 
@@ -130,11 +151,21 @@ defmodule DynamicSrv.Bench.Agent do
         connecting: MapSet.size(s.connecting),
         queue: elem(Process.info(poller, :message_queue_len), 1),
         topology_members: length(DynamicSrv.Native.topology_members(s.native)),
-        probe: probe(s.options)
+        outage: s[:telemetry_outage],
+        probe: probe(s.options),
+        poll_now: timed_poll_now(poller)
       }
     else
       _ -> nil
     end
+  catch
+    kind, why -> {kind, why}
+  end
+
+  # ms a poll of the running poller takes now, and whether DNS is still failing after it.
+  defp timed_poll_now(poller) do
+    {us, result} = :timer.tc(fn -> DynamicSrv.Cluster.poll_now(poller, 15_000) end)
+    {div(us, 1000), result, :sys.get_state(poller, 5_000)[:telemetry_outage] && :failing}
   catch
     kind, why -> {kind, why}
   end
