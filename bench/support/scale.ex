@@ -170,7 +170,7 @@ defmodule DynamicSrv.Bench.Scale do
       # The rollouts' new VMs boot ahead of their waves; all at once if they fit.
       replacements = clusters |> Enum.filter(& &1.stable) |> Enum.map(&MapSet.size(&1.registered))
       upfront? = Os.mem_available_mb() >= Enum.sum(replacements) * @mb_per_vm
-      clusters = each(clusters, &(&1.stable && rolling(&1, upfront?)))
+      clusters = each_rollout(clusters, &(&1.stable && rolling(&1, upfront?)))
       Process.put(:scale_clusters, clusters)
       Map.new(clusters, &{key(&1), result(&1)})
     after
@@ -206,6 +206,24 @@ defmodule DynamicSrv.Bench.Scale do
     end)
     |> Task.await_many(:infinity)
     |> tap(&Process.put(:scale_clusters, &1))
+  end
+
+  # 100-node rollouts one cluster at a time, ours first: beside the classic arm's first wave
+  # (6,831 links lost), calls to ours' 100 nodes timed out after 30 s and ended its rollout.
+  # Each then rolls out beside the other cluster idle, the same load for both arms.
+  defp each_rollout(clusters, fun) do
+    if Enum.any?(clusters, &(&1.n >= @large)) do
+      order = Enum.sort_by(clusters, &(&1.arm != :ours))
+
+      Enum.reduce(order, clusters, fn c, all ->
+        [rolled] = each([c], fun)
+        all = Enum.map(all, &if(key(&1) == key(rolled), do: rolled, else: &1))
+        Process.put(:scale_clusters, all)
+        all
+      end)
+    else
+      each(clusters, fun)
+    end
   end
 
   defp retire(c) do
@@ -1111,7 +1129,7 @@ defmodule DynamicSrv.Bench.Scale do
       "Clusters: one arm against one DNS server of its own, N registered nodes plus one booted spare (the joiner), each node on its own loopback address 127.0.C.k (Linux routes all of 127.0.0.0/8 to `lo`, so no alias or namespace is needed and no root; each node binds its distribution listener to its address with `-kernel inet_dist_use_interface`). All VMs run `+sbwt none +sbwtdcpu none +sbwtdio none` (idle schedulers sleep rather than spin: up to #{@max_vms} VMs share 2 cores) at niceness #{@nice}, below the DNS servers and the harness (a real Consul agent or dnsmasq has its own cores; #{priority(cfg.priority)}), OTP defaults otherwise (`global` with `connect_all` and `prevent_overlapping_partitions true`) unless a row says `prevent_overlapping_partitions false`. " <>
         "dnsmasq: nodes `nK@sN-C.bench.test`, SRV on the service to `nK.sN-C.bench.test` with its port, an SRV and an A record on that target; ours: `DynamicSrv.Epmd` (srv mode) and `DynamicSrv.Cluster` (defaults: TCP, `removal_delay` 10 s); classic: the classic epmd module (SRV + A per `address_please/3`, no NIF) and the classic poller (one `:inet_res` SRV query per poll, the last answer is the membership). A DNS change restarts dnsmasq (it cannot reload SRV records): a few ms without a server, which ours rides out (a failed poll keeps the membership) and the classic poller reads as an empty answer. " <>
         "Consul DNS: the Consul + Nomad recipe of section 8 (`app-PORT@IP`, `DynamicSrv.Epmd` in name mode in both arms, so they differ only in the poller), ConsulDns updated in place as Nomad updates Consul; it answers each query in a process of its own, on both cores, as Consul's agent does (answering in one process, it answered 100 nodes' polls late enough for their resolvers to ask again: 1.15–1.38 queries per poll at 100 nodes, in both arms).",
-      "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load. " <>
+      "Groups of clusters that fit the machine at once (#{@max_vms} VMs, at most #{@max_large} of #{@large}+ nodes: three 100-node rollouts at once overloaded the 2 cores): #{groups}. In a group each cluster boots (all its VMs in parallel; the time until the last is up) and forms on its own, one after the other; then the steady window, the join, the leave and the rolling restart run in every cluster of the group at once, so both arms see the same load, except #{@large}-node rollouts: one cluster at a time, ours first, each beside the other cluster idle (beside the classic arm's first wave, which lost thousands of links, calls to ours' nodes timed out after 30 s). " <>
         "Formation: every poller starts at one instant T; the time until every node has seen all N−1 others (each node's `:net_kernel.monitor_nodes/1`, sampled every #{@sample_ms} ms), against the boot time (the goal: 1.5×); a mesh is waited for until 30 s or 1.5× the boot time, whichever is later (at most 45 s), \"never\" past that. DNS queries from T to the full mesh, by type (dnsmasq's log) or type and transport (ConsulDns). " <>
         "Steady: #{div(cfg.steady_ms, 1000)} s, once every cluster of the group has formed; queries and polls counted in one window of OS time: the queries at the server at its two ends, the polls afterwards from each poller's timer messages, traced with timestamps; CPU is each node's utime + stime (every thread: the node runs nothing but the poller and the benchmark agent), per node per minute, in brackets the `dynamic_srv_dns` thread; nodedowns from `:net_kernel.monitor_nodes/2` on every node.",
       "A cluster that never formed is stopped then (no steady state to measure; its RSS and threads are read at that moment). Join, leave and rolling restart run only in clusters whose mesh held through the steady window (no nodedown); the others are stopped then, so their churn does not load the rest. Join: the spare is listed in DNS and its poller starts at T; the time until all N+1 nodes list each other. Leave: node 1 is delisted and keeps running its poller (a drained instance; ours leaves by itself through `:global.disconnect/0` when its poll finds it delisted, classic is dropped by each node at its next poll); the time until no other node is connected to it (\"it came back\" if one is again #{div(@interval, 1000) + 1} s later), and the nodedowns the others saw about anyone else. " <>

@@ -15,8 +15,9 @@ defmodule DynamicSrv.Cluster do
       `nil` disables the topology (one info line; nothing is started).
     * `:polling_interval` — ms between polls, default `5000`, plus up to 10% jitter. The
       first poll runs at start. A poll's DNS budget is this interval (at most 10 s) when it
-      is longer than `DYNAMIC_SRV_LOOKUP_TIMEOUT_MS`, shared out as that timeout is: a late
-      answer is still the newest membership, and nothing waits on a poll.
+      is longer than `DYNAMIC_SRV_LOOKUP_TIMEOUT_MS`, all of it for the SRV query (target
+      addresses the answer lacks get a budget of their own): a late answer is still the
+      newest membership, and nothing waits on a poll.
     * `:disconnect_on_deregister` — default `true`: nodes that left DNS leave the cluster
       (see below). A DNS *failure* never counts as leaving. `false`: nobody is disconnected,
       and a node that left keeps its links.

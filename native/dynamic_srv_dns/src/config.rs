@@ -59,6 +59,10 @@ pub struct Config {
     pub min_ttl: Duration,
     /// How long past expiry an answer is still served while DNS is failing.
     pub max_stale: Duration,
+    /// Set by `for_polls`: the SRV query may take the whole `lookup_timeout`. A connection
+    /// setup's takes two thirds, leaving the rest for the address query; a poll's target
+    /// addresses have a budget of their own (`Topology::complete_addresses`).
+    pub srv_takes_whole_budget: bool,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             lookup_timeout: Duration::from_millis(3000),
             min_ttl: Duration::from_millis(5000),
             max_stale: Duration::from_secs(3600),
+            srv_takes_whole_budget: false,
         }
     }
 }
@@ -148,13 +153,24 @@ impl Config {
     /// interval when that is longer, up to `MAX_POLL_BUDGET`. On two saturated cores
     /// a 100-node cluster's polls were answered in 1.3–7.6 s and, bounded by the 3 s lookup
     /// timeout, all failed: new nodes were never listed.
+    ///
+    /// And the SRV query may take that whole budget: a server answering 100 nodes' polls in
+    /// 3.5 s failed every poll whose one TCP attempt had two thirds of 5 s.
     pub fn for_polls(self, polling_interval: Duration) -> Self {
         Self {
             lookup_timeout: polling_interval
                 .min(MAX_POLL_BUDGET)
                 .max(self.lookup_timeout),
+            srv_takes_whole_budget: true,
             ..self
         }
+    }
+
+    /// How long one attempt of the SRV query may take: over UDP there are two (a lost
+    /// datagram is asked again), over TCP one of twice this.
+    pub fn srv_attempt_timeout(&self) -> Duration {
+        let share = if self.srv_takes_whole_budget { 2 } else { 3 };
+        (self.lookup_timeout / share).max(Duration::from_millis(10))
     }
 }
 
@@ -393,6 +409,14 @@ mod tests {
         assert_eq!(budget(1_000, 3_000), 3_000);
         assert_eq!(budget(3_600_000, 3_000), 10_000);
         assert_eq!(budget(1_000, 60_000), 60_000);
+    }
+
+    #[test]
+    fn a_polls_srv_query_may_take_its_whole_budget_a_lookups_two_thirds() {
+        let lookup = Config::default();
+        assert_eq!(lookup.srv_attempt_timeout(), Duration::from_millis(1000));
+        let poll = lookup.for_polls(Duration::from_millis(5_000));
+        assert_eq!(poll.srv_attempt_timeout(), Duration::from_millis(2_500));
     }
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -47,10 +47,10 @@ impl Engine {
         cache: Arc<Cache>,
         transport: Transport,
     ) -> Result<Self, ConfigError> {
-        // Two thirds of the budget for the SRV query (two attempts of a third over UDP, one
-        // of two thirds over TCP), and whatever remains bounds the address query; `bounded`
-        // enforces the whole budget.
-        let attempt_timeout = (config.lookup_timeout / 3).max(Duration::from_millis(10));
+        // Two thirds of the budget for a lookup's SRV query (two attempts of a third over
+        // UDP, one of two thirds over TCP), and whatever remains bounds the address query; a
+        // poll's SRV query may take it all. `bounded` enforces the whole budget.
+        let attempt_timeout = config.srv_attempt_timeout();
         let dns = Dns::with_transport(&config.nameservers, attempt_timeout, transport)?;
         Ok(Self {
             config,

@@ -33,6 +33,7 @@ fn consul_config(nameserver: SocketAddr, lookup_timeout: Duration, min_ttl: Dura
         lookup_timeout,
         min_ttl,
         max_stale: Duration::from_secs(60),
+        srv_takes_whole_budget: false,
     }
 }
 
@@ -157,6 +158,7 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
         lookup_timeout: Duration::from_millis(1500),
         min_ttl: Duration::from_secs(5),
         max_stale: Duration::from_secs(60),
+        srv_takes_whole_budget: false,
     };
     let engine = Arc::new(Engine::new(config, cache.clone()).unwrap());
     let topology = Topology::new(
@@ -184,18 +186,22 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
     }
 }
 
-/// A poll over TCP with a 300 ms lookup timeout, with `for_polls(interval)` or without.
-fn polling_topology(nameserver: SocketAddr, interval: Option<Duration>) -> Topology {
+/// A 300 ms lookup timeout, with `for_polls(interval)` or without.
+fn polling_config(nameserver: SocketAddr, interval: Option<Duration>) -> Config {
     let config = consul_config(
         nameserver,
         Duration::from_millis(300),
         Duration::from_secs(5),
     );
-    let config = match interval {
+    match interval {
         Some(interval) => config.for_polls(interval),
         None => config,
-    };
-    topology_over(config, Transport::Tcp)
+    }
+}
+
+/// A poll over TCP with a 300 ms lookup timeout, with `for_polls(interval)` or without.
+fn polling_topology(nameserver: SocketAddr, interval: Option<Duration>) -> Topology {
+    topology_over(polling_config(nameserver, interval), Transport::Tcp)
 }
 
 #[tokio::test]
@@ -219,4 +225,29 @@ async fn a_poll_waits_for_a_server_slower_than_the_lookup_timeout_until_its_next
     assert!(!poll.failed, "{poll:?}");
     assert_eq!(poll.change.members, ["app-21001@127.0.0.11"]);
     assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_polls_srv_query_may_take_its_whole_budget() {
+    // A connection setup's SRV query gets two thirds of the budget, the rest being for the
+    // address; a poll's target addresses have a budget of their own, so its SRV query may
+    // take it all: an answer 1.2 s late within a poll's 1.5 s is the membership.
+    let server = Dnsmasq::builder()
+        .local_domain("consul")
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+        .start();
+    let (relay, _queries) = slow_tcp_relay(server.addr(), Duration::from_millis(1200)).await;
+    let budget = Some(Duration::from_millis(1500));
+
+    let two_thirds = Config {
+        srv_takes_whole_budget: false,
+        ..polling_config(relay, budget)
+    };
+    let cut_short = topology_over(two_thirds, Transport::Tcp).poll().await;
+    assert!(cut_short.failed, "{cut_short:?}");
+
+    let poll = polling_topology(relay, budget).poll().await;
+    assert!(!poll.failed, "{poll:?}");
+    assert_eq!(poll.change.members, ["app-21001@127.0.0.11"]);
 }

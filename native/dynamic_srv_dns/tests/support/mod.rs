@@ -421,6 +421,7 @@ pub fn config(nameserver: SocketAddr, port_mode: PortMode, lookup_timeout: Durat
         lookup_timeout,
         min_ttl: Duration::from_secs(30),
         max_stale: Duration::from_secs(60),
+        srv_takes_whole_budget: false,
     }
 }
 
