@@ -169,7 +169,9 @@ defmodule DynamicSrv.Bench.Scale do
       clusters = each(clusters, &(&1.stable && leave(&1)))
       # The rollouts' new VMs boot ahead of their waves; all at once if they fit.
       replacements = clusters |> Enum.filter(& &1.stable) |> Enum.map(&MapSet.size(&1.registered))
-      upfront? = Os.mem_available_mb() >= Enum.sum(replacements) * @mb_per_vm
+      # (At 100 nodes clusters roll out one at a time: one cluster's replacements at once.)
+      need = if large?(clusters), do: Enum.max([0 | replacements]), else: Enum.sum(replacements)
+      upfront? = Os.mem_available_mb() >= need * @mb_per_vm
       clusters = each_rollout(clusters, &(&1.stable && rolling(&1, upfront?)))
       Process.put(:scale_clusters, clusters)
       Map.new(clusters, &{key(&1), result(&1)})
@@ -212,7 +214,7 @@ defmodule DynamicSrv.Bench.Scale do
   # (6,831 links lost), calls to ours' 100 nodes timed out after 30 s and ended its rollout.
   # Each then rolls out beside the other cluster idle, the same load for both arms.
   defp each_rollout(clusters, fun) do
-    if Enum.any?(clusters, &(&1.n >= @large)) do
+    if large?(clusters) do
       order = Enum.sort_by(clusters, &(&1.arm != :ours))
 
       Enum.reduce(order, clusters, fn c, all ->
@@ -225,6 +227,8 @@ defmodule DynamicSrv.Bench.Scale do
       each(clusters, fun)
     end
   end
+
+  defp large?(clusters), do: Enum.any?(clusters, &(&1.n >= @large))
 
   defp retire(c) do
     teardown(c)
