@@ -149,8 +149,8 @@ impl Config {
 
     /// The settings a membership poller asks with. The lookup timeout bounds what a
     /// connection setup waits on, but nothing waits on a poll, and a late answer is still
-    /// the newest membership: a poll's budget (shared out as a lookup's) is its polling
-    /// interval when that is longer, up to `MAX_POLL_BUDGET`. On two saturated cores
+    /// the newest membership: a poll's budget is its polling interval when that is longer,
+    /// up to `MAX_POLL_BUDGET`. On two saturated cores
     /// a 100-node cluster's polls were answered in 1.3–7.6 s and, bounded by the 3 s lookup
     /// timeout, all failed: new nodes were never listed.
     ///
@@ -175,8 +175,8 @@ impl Config {
 }
 
 /// Past this a slow answer is a failure for polls too, whatever the polling interval: with
-/// the default lookup timeout a failed poll takes under `poll_now/2`'s default 30 s (two
-/// thirds for the SRV query, the budget again for target addresses).
+/// the default lookup timeout a failed poll takes under `poll_now/2`'s default 30 s (the
+/// budget for the SRV query, the budget again for target addresses: at most 20 s).
 const MAX_POLL_BUDGET: Duration = Duration::from_secs(10);
 
 /// Where a setting's effective value came from.
