@@ -23,14 +23,15 @@ defmodule DynamicSrv.Bench.Agent do
 
   @doc false
   def keep_warning(%{level: :warning, msg: msg}, _) do
-    kept = :ets.lookup(@warnings, :last) |> Enum.flat_map(fn {_, list} -> list end)
     text = msg |> format_msg() |> String.slice(0, 300)
-    :ets.insert(@warnings, {:last, Enum.take([text | kept], 3)})
+    :ets.insert(@warnings, {:last, Enum.take([text | last_warnings()], 3)})
     :stop
   end
 
   def keep_warning(%{level: level}, _),
     do: if(:logger.compare_levels(level, :error) == :lt, do: :stop, else: :ignore)
+
+  defp last_warnings, do: Enum.flat_map(:ets.lookup(@warnings, :last), fn {_, list} -> list end)
 
   defp format_msg({:string, chardata}), do: IO.chardata_to_string(chardata)
   defp format_msg({format, args}) when is_list(args), do: to_string(:io_lib.format(format, args))
@@ -114,7 +115,7 @@ defmodule DynamicSrv.Bench.Agent do
       unlisted: listed && Enum.reject(missing, &(&1 in listed)),
       unexpected: listed && listed -- [node() | expected],
       poller: poller_facts(),
-      warnings: Enum.flat_map(:ets.lookup(@warnings, :last), fn {_, list} -> list end)
+      warnings: last_warnings()
     }
   end
 

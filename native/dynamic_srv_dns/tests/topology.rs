@@ -10,7 +10,7 @@ use dynamic_srv_dns::resolver::Transport;
 use dynamic_srv_dns::{
     Cache, Config, Engine, Family, NodeNaming, PortMode, Topology, TopologyConfig,
 };
-use support::{slow_tcp_relay, Dnsmasq};
+use support::{slow_tcp_relay, Builder, Dnsmasq};
 
 const SERVICE: &str = "my-app.service.consul";
 
@@ -22,6 +22,14 @@ fn topology(nameserver: SocketAddr) -> Topology {
 fn topology_holding(nameserver: SocketAddr, min_ttl: Duration) -> Topology {
     let config = consul_config(nameserver, Duration::from_millis(1500), min_ttl);
     topology_over(config, Transport::Udp)
+}
+
+/// Consul's domain holding one instance, app-21001@127.0.0.11, its address in the answer.
+fn one_instance() -> Builder {
+    Dnsmasq::builder()
+        .local_domain("consul")
+        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
+        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
 }
 
 /// Name mode against one server, as the Consul recipe runs.
@@ -101,10 +109,7 @@ async fn basename_port_ip_maps_every_consul_target_form_to_port_and_address() {
 #[tokio::test]
 async fn a_failed_address_lookup_fails_the_poll_instead_of_dropping_the_node() {
     // Names outside dnsmasq's local domains are REFUSED (no upstream): a server failure.
-    let mut server = Dnsmasq::builder()
-        .local_domain("consul")
-        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
-        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
+    let mut server = one_instance()
         .srv(SERVICE, "app-3.example.test", 21004, 1, 1)
         .address("example.test", "127.0.0.13")
         .start();
@@ -115,11 +120,8 @@ async fn a_failed_address_lookup_fails_the_poll_instead_of_dropping_the_node() {
 
     let port = server.port();
     server.restart_with(
-        Dnsmasq::builder()
+        one_instance()
             .port(port)
-            .local_domain("consul")
-            .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
-            .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
             .srv(SERVICE, "app-3.example.test", 21004, 1, 1),
     );
     for attempt in 0..3 {
@@ -151,15 +153,11 @@ async fn only_members_are_cached_when_an_answer_lists_more_than_max_nodes() {
         .host("n3.addr.dc1.consul", &["127.0.0.13"])
         .start();
     let cache = Arc::new(Cache::default());
-    let config = Config {
-        dist_port: None,
-        nameservers: vec![server.addr()],
-        port_mode: PortMode::Name,
-        lookup_timeout: Duration::from_millis(1500),
-        min_ttl: Duration::from_secs(5),
-        max_stale: Duration::from_secs(60),
-        srv_takes_whole_budget: false,
-    };
+    let config = consul_config(
+        server.addr(),
+        Duration::from_millis(1500),
+        Duration::from_secs(5),
+    );
     let engine = Arc::new(Engine::new(config, cache.clone()).unwrap());
     let topology = Topology::new(
         TopologyConfig {
@@ -208,11 +206,7 @@ fn polling_topology(nameserver: SocketAddr, interval: Option<Duration>) -> Topol
 async fn a_poll_waits_for_a_server_slower_than_the_lookup_timeout_until_its_next_is_due() {
     // Nothing waits on a poll: an answer 600 ms late, past a 300 ms lookup timeout but
     // before the next poll 1.5 s on, is still the newest membership.
-    let server = Dnsmasq::builder()
-        .local_domain("consul")
-        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
-        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
-        .start();
+    let server = one_instance().start();
     let (relay, queries) = slow_tcp_relay(server.addr(), Duration::from_millis(600)).await;
 
     let bounded_by_lookups = polling_topology(relay, None).poll().await;
@@ -233,11 +227,7 @@ async fn a_polls_srv_query_may_take_its_whole_budget() {
     // address; a poll's target addresses have a budget of their own, so its SRV query may
     // take it all: an answer 1.9 s late within a poll's 2.5 s is the membership (two
     // thirds, 1.67 s, is cut short: the relay waits 1.9 s before it even asks the server).
-    let server = Dnsmasq::builder()
-        .local_domain("consul")
-        .srv(SERVICE, "7f00000b.addr.dc1.consul", 21001, 1, 1)
-        .host("7f00000b.addr.dc1.consul", &["127.0.0.11"])
-        .start();
+    let server = one_instance().start();
     let (relay, _queries) = slow_tcp_relay(server.addr(), Duration::from_millis(1900)).await;
     let budget = Some(Duration::from_millis(2500));
 
