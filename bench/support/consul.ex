@@ -118,13 +118,7 @@ defmodule DynamicSrv.Bench.Consul do
   end
 
   defp trace_polls!(peer) do
-    owner = Peer.call(peer, :persistent_term, :get, [{@agent, :poller_owner}])
-
-    poller =
-      case Peer.call(peer, :erlang, :process_info, [owner, :links]) do
-        {:links, [poller]} -> poller
-        other -> raise "#{peer.name}: no poller (#{inspect(other)})"
-      end
+    poller = Peer.call(peer, @agent, :poller, []) || raise "#{peer.name}: no poller"
 
     sink = Peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
     _ = Peer.call(peer, :erlang, :trace_pattern, [:receive, [{[:_, :_, :poll], [], []}], []])

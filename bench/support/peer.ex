@@ -181,14 +181,22 @@ defmodule DynamicSrv.Bench.Peer do
 
   @doc "Applies `m.f(a...)` on the peer and returns the result."
   def call(%__MODULE__{} = peer, m, f, a, timeout \\ 60_000) do
+    case request(peer, m, f, a, timeout) do
+      {:ok, result} -> result
+      :no_answer -> raise "#{peer.name} did not answer within #{timeout} ms"
+    end
+  end
+
+  # The call runs on the peer after the ones before it, whether or not anyone still waits.
+  defp request(peer, m, f, a, timeout) do
     ref = make_ref()
     send(peer.owner, {:call, self(), ref, {m, f, a}})
 
     receive do
-      {^ref, {:ok, result}} -> result
+      {^ref, {:ok, result}} -> {:ok, result}
       {^ref, {:raise, kind, reason}} -> raise "#{peer.name}: #{inspect({kind, reason})}"
     after
-      timeout -> raise "#{peer.name} did not answer within #{timeout} ms"
+      timeout -> :no_answer
     end
   end
 
@@ -196,6 +204,16 @@ defmodule DynamicSrv.Bench.Peer do
   def call_all(peers, m, f, a, timeout \\ 60_000) do
     peers
     |> Enum.map(fn peer -> Task.async(fn -> call(peer, m, f, a, timeout) end) end)
+    |> Task.await_many(timeout + 1_000)
+  end
+
+  @doc """
+  Like `call_all/5`, for a watch that must outlast nodes too busy to answer: `{:ok, result}`
+  per peer, or `:no_answer` for one that did not answer within `timeout`.
+  """
+  def call_each(peers, m, f, a, timeout) do
+    peers
+    |> Enum.map(fn peer -> Task.async(fn -> request(peer, m, f, a, timeout) end) end)
     |> Task.await_many(timeout + 1_000)
   end
 

@@ -38,6 +38,8 @@ defmodule DynamicSrv.Bench.Scale do
   # after the old ones had gone, over 20 s when their pollers started at the SIGTERM.
   @wave_timeout 45_000
   @call_timeout 30_000
+  # A mesh sample a node has not answered by then counts as "not in the mesh yet".
+  @sample_timeout 10_000
   # The nodes under test run below the DNS servers and this harness: a real Consul agent or
   # dnsmasq has its own cores. At niceness 5, 100 busy nodes starved ConsulDns's acceptor
   # (thousands of TCP listen overflows, polls asked again: 1.78 queries per poll). Under
@@ -415,20 +417,29 @@ defmodule DynamicSrv.Bench.Scale do
     })
   end
 
+  # A node too busy to answer (global's work at 100 nodes can stall one for 30 s) still gets
+  # the watch: calls run on it in order, so the samples after it come after it.
   defp watch(peers) do
     names = Enum.map(peers, & &1.name)
-    true = Enum.all?(call(peers, @agent, :watch_mesh, [names]), &(&1 == :ok))
+    answers = Peer.call_each(peers, @agent, :watch_mesh, [names], @call_timeout)
+    true = Enum.all?(answers, &(&1 in [{:ok, :ok}, :no_answer]))
   end
 
-  # µs from `t` until every peer's watch saw all the others, or nil after `deadline_ms`.
+  # µs from `t` until every peer's watch saw all the others, or nil after `deadline_ms`. A
+  # node that does not answer a sample in time has not been seen in the mesh yet.
   defp await_mesh(peers, t, deadline_ms) do
     Process.sleep(@sample_ms)
-    times = call(peers, @agent, :mesh_time, [])
+    times = Peer.call_each(peers, @agent, :mesh_time, [], @sample_timeout)
 
     cond do
-      Enum.all?(times, &is_integer/1) -> Enum.max(times) - t
-      System.os_time(:microsecond) - t > deadline_ms * 1_000 -> nil
-      true -> await_mesh(peers, t, deadline_ms)
+      Enum.all?(times, &match?({:ok, us} when is_integer(us), &1)) ->
+        times |> Enum.map(fn {:ok, us} -> us end) |> Enum.max() |> Kernel.-(t)
+
+      System.os_time(:microsecond) - t > deadline_ms * 1_000 ->
+        nil
+
+      true ->
+        await_mesh(peers, t, deadline_ms)
     end
   end
 
@@ -436,7 +447,9 @@ defmodule DynamicSrv.Bench.Scale do
   # (`fresh`) and the others, and how many of those the missing side's poller lists.
   defp gap(peers, fresh) do
     fresh = MapSet.new(fresh, & &1.name)
-    gaps = Enum.zip(peers, call(peers, @agent, :mesh_gap, []))
+    answers = Enum.zip(peers, Peer.call_each(peers, @agent, :mesh_gap, [], @call_timeout))
+    silent = Enum.count(answers, &match?({_peer, :no_answer}, &1))
+    gaps = for {p, {:ok, g}} <- answers, do: {p, g}
 
     pairs =
       for {p, %{missing: missing}} <- gaps,
@@ -459,7 +472,7 @@ defmodule DynamicSrv.Bench.Scale do
           "last warnings #{inspect(g.warnings)}"
       end)
 
-    "#{facts}; " <>
+    "#{facts}; #{silent} nodes did not answer within #{div(@call_timeout, 1000)} s; " <>
       "#{lacking} nodes lack #{length(pairs)} links (new-new #{Enum.count(pairs, &(&1 == {true, true}))}, " <>
       "new-old #{Enum.count(pairs, &(elem(&1, 0) != elem(&1, 1)))}, old-old #{Enum.count(pairs, &(&1 == {false, false}))}); " <>
       "#{unlisted} not listed by the lacking node's poller; e.g. #{example}"
@@ -566,28 +579,71 @@ defmodule DynamicSrv.Bench.Scale do
     end
   end
 
-  defp connected_to_any?(peers, name),
-    do: Enum.any?(call(peers, :erlang, :nodes, []), &(name in &1))
-
-  # %{observer => %{subject => nodedowns}}
-  defp downs_by_subject(peers) do
+  # A node that does not answer may still be connected to it.
+  defp connected_to_any?(peers, name) do
     peers
-    |> call(NodeAgent, :node_events, [])
-    |> Enum.zip(peers)
-    |> Map.new(fn {events, peer} ->
-      {peer.name, Enum.frequencies(for {:nodedown, subject} <- events, do: subject)}
+    |> Peer.call_each(:erlang, :nodes, [], @call_timeout)
+    |> Enum.any?(fn
+      {:ok, nodes} -> name in nodes
+      :no_answer -> true
     end)
   end
 
+  # %{observer => %{subject => nodedowns}}. An observer that does not answer keeps its
+  # reading in `previous` (its recorder keeps every event: the next reading counts them).
+  defp downs_by_subject(peers, previous \\ %{}) do
+    peers
+    |> Peer.call_each(NodeAgent, :node_events, [], @call_timeout)
+    |> Enum.zip(peers)
+    |> Enum.flat_map(fn
+      {{:ok, events}, peer} ->
+        [{peer.name, Enum.frequencies(for {:nodedown, subject} <- events, do: subject)}]
+
+      {:no_answer, peer} ->
+        if Map.has_key?(previous, peer.name), do: [{peer.name, previous[peer.name]}], else: []
+    end)
+    |> Map.new()
+  end
+
   # Nodedowns observers saw between two readings, about subjects not in `expected`.
-  defp lost_links(before, now, expected) do
+  defp lost_links(before, now, expected),
+    do: before |> lost_by_subject(now, expected) |> Map.values() |> Enum.sum()
+
+  # The same, per subject: %{subject => nodedowns}.
+  defp lost_by_subject(before, now, expected) do
     for {observer, subjects} <- now,
         Map.has_key?(before, observer),
         {subject, count} <- subjects,
         subject not in expected,
-        reduce: 0 do
-      acc -> acc + count - Map.get(before[observer], subject, 0)
+        lost = count - Map.get(before[observer], subject, 0),
+        lost > 0,
+        reduce: %{} do
+      acc -> Map.update(acc, subject, lost, &(&1 + lost))
     end
+  end
+
+  # What one observer that lost the worst subject last warned about (global's disconnects).
+  defp why_lost(stay, lost) do
+    {subject, _} = Enum.max_by(lost, fn {_subject, count} -> count end)
+
+    said = fn peer ->
+      case Peer.call_each([peer], @agent, :mesh_gap, [], @call_timeout) do
+        [{:ok, gap}] -> "; #{peer.name} last warned: #{inspect(gap.warnings)}"
+        [:no_answer] -> "; #{peer.name} did not answer"
+      end
+    end
+
+    [Enum.find(stay, &(&1.name == subject)), Enum.find(stay, &(&1.name != subject))]
+    |> Enum.reject(&is_nil/1)
+    |> Enum.map_join(said)
+  end
+
+  # The subjects most links were lost to, for a wave's progress line.
+  defp worst_subjects(lost) do
+    lost
+    |> Enum.sort_by(fn {_subject, count} -> -count end)
+    |> Enum.take(4)
+    |> Enum.map_join(", ", fn {subject, count} -> "#{subject} ×#{count}" end)
   end
 
   # --- rolling restart --------------------------------------------------------------------
@@ -639,7 +695,7 @@ defmodule DynamicSrv.Bench.Scale do
     Process.sleep(1_000)
     others = members(c)
     last = List.last(waves)
-    late = lost_links(last.downs_after, downs_by_subject(others), last.expected)
+    late = lost_links(last.downs_after, downs_by_subject(others, last.downs_after), last.expected)
 
     Map.put(c, :rolling, %{
       wave_size: size,
@@ -696,7 +752,7 @@ defmodule DynamicSrv.Bench.Scale do
     start_pollers(c, wave, t_up)
     back = await_mesh(all, t_up, @wave_timeout)
     unless back, do: progress(c, "not back in full mesh: " <> gap(all, Map.values(new)))
-    downs1 = downs_by_subject(all)
+    downs1 = downs_by_subject(all, downs0)
 
     # Under Consul an old incarnation may still be shutting down when its wave ends: its
     # nodedown, seen during a later wave, is a restarting node's, not a lost link. Under
@@ -710,12 +766,17 @@ defmodule DynamicSrv.Bench.Scale do
     c = Map.merge(c, %{gone: gone, downs_mark: downs1})
     expected = gone ++ Enum.map(Map.values(new), & &1.name)
 
+    lost = lost_by_subject(downs0, Map.take(downs1, Enum.map(stay, & &1.name)), expected)
+
+    if lost != %{},
+      do: progress(c, "links lost to: " <> worst_subjects(lost) <> why_lost(stay, lost))
+
     {c,
      %{
        # ≤ 0: the others had dialed it (from DNS) before its own poller started.
        back_us: back && max(back, 0),
        from_term_us: back && back + t_up - t_term,
-       lost: lost_links(downs0, Map.take(downs1, Enum.map(stay, & &1.name)), expected),
+       lost: lost |> Map.values() |> Enum.sum(),
        downs_after: downs1,
        expected: expected
      }}
@@ -938,10 +999,16 @@ defmodule DynamicSrv.Bench.Scale do
   defp rolling_back(%{rolling: nil}), do: "—"
 
   defp rolling_back(%{rolling: r}) do
+    # A wave not back ends the rollout: the waves before it, then that one.
     show = fn list ->
-      if Enum.any?(list, &is_nil/1),
-        do: "#{Enum.count(list, &is_nil/1)} never",
-        else: "#{Stats.dur(Stats.median(list) * 1_000)} (#{Stats.dur(Enum.max(list) * 1_000)})"
+      {back, never} = Enum.split_while(list, &is_integer/1)
+      shown = Enum.map_join(back, ", ", &Stats.dur(&1 * 1_000))
+
+      cond do
+        never != [] and back == [] -> "wave 1 not back in #{div(@wave_timeout, 1000)} s"
+        never != [] -> "#{shown}; wave #{length(back) + 1} not back"
+        true -> "#{Stats.dur(Stats.median(list) * 1_000)} (#{Stats.dur(Enum.max(list) * 1_000)})"
+      end
     end
 
     "#{show.(r.back_us)} / #{show.(r.from_term_us)}"

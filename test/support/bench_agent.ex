@@ -43,23 +43,26 @@ defmodule DynamicSrv.Bench.Agent do
   `:classic` (DynamicSrv.Bench.ClassicPoller).
   """
   def start_poller_at(arm, at_us, opts) do
-    owner =
-      spawn(fn ->
-        wait_until(at_us)
+    spawn(fn ->
+      wait_until(at_us)
 
-        {:ok, _pid} =
-          case arm do
-            :ours -> DynamicSrv.Cluster.start_link(opts)
-            :classic -> DynamicSrv.Bench.ClassicPoller.start_link(opts)
-          end
-
-        receive do
-          :stop -> :ok
+      poller =
+        case arm do
+          :ours -> DynamicSrv.Cluster
+          :classic -> DynamicSrv.Bench.ClassicPoller
         end
-      end)
 
-    :persistent_term.put({__MODULE__, :poller_owner}, owner)
+      # Under an application's supervisor, as users run it: SIGTERM stops it before the halt.
+      :ok = DynamicSrv.Test.ClusterApp.start_children([{poller, opts}])
+    end)
+
     :ok
+  end
+
+  @doc "The running poller's pid, or nil before it started."
+  def poller do
+    DynamicSrv.Test.ClusterApp.child(DynamicSrv.Cluster) ||
+      DynamicSrv.Test.ClusterApp.child(DynamicSrv.Bench.ClassicPoller)
   end
 
   @doc """
@@ -142,8 +145,7 @@ defmodule DynamicSrv.Bench.Agent do
   defp probe(options), do: {:no_probe, options.nameservers}
 
   defp poller_facts do
-    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
-         {:links, [poller | _]} <- Process.info(owner, :links) do
+    with poller when is_pid(poller) <- poller() do
       s = :sys.get_state(poller, 5_000)
 
       %{
@@ -172,8 +174,7 @@ defmodule DynamicSrv.Bench.Agent do
   end
 
   defp poller_members do
-    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
-         {:links, [poller | _]} <- Process.info(owner, :links),
+    with poller when is_pid(poller) <- poller(),
          {:ok, members} <- safe_members(poller) do
       members
     else
