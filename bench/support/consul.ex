@@ -118,7 +118,13 @@ defmodule DynamicSrv.Bench.Consul do
   end
 
   defp trace_polls!(peer) do
-    poller = Peer.call(peer, @agent, :poller, []) || raise "#{peer.name}: no poller"
+    owner = Peer.call(peer, :persistent_term, :get, [{@agent, :poller_owner}])
+
+    poller =
+      case Peer.call(peer, :erlang, :process_info, [owner, :links]) do
+        {:links, [poller]} -> poller
+        other -> raise "#{peer.name}: no poller (#{inspect(other)})"
+      end
 
     sink = Peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
     _ = Peer.call(peer, :erlang, :trace_pattern, [:receive, [{[:_, :_, :poll], [], []}], []])

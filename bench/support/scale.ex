@@ -622,7 +622,8 @@ defmodule DynamicSrv.Bench.Scale do
     end
   end
 
-  # What one observer that lost the worst subject last warned about (global's disconnects).
+  # What the node most links were lost to, and one other node not restarting, last warned
+  # about (global's disconnects name who cut whom).
   defp why_lost(stay, lost) do
     {subject, _} = Enum.max_by(lost, fn {_subject, count} -> count end)
 

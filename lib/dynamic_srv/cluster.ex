@@ -96,14 +96,6 @@ defmodule DynamicSrv.Cluster do
       each other: a node the others drop one by one reports each loss, and `global` then
       drops the node that dropped it. `global` may still log one "requested disconnect from
       node ... in order to prevent overlapping partitions" about the departing node: harmless.
-    * When the VM stops (SIGTERM, `System.stop/1`), the poller leaves the cluster the same
-      way as its supervisor stops it, before the rest of the shutdown, and from then on the
-      node accepts no new connection (`:net_kernel.allow/1`; a remote shell cannot attach
-      either), so a member whose DNS still lists it cannot dial it back in. OTP's
-      documentation asks for `:global.disconnect/0` to leave a cluster of `global` nodes: a
-      VM that just halts has its links closed in whatever order each side notices, which
-      `global` can take for a partition. It needs the poller under a supervisor
-      (libcluster's, or your application's) and `:disconnect_on_deregister` true.
     * A member missing from the last complete answer is not dialed: it is on its way out,
       and may already have left.
     * Polls of a topology never overlap and are applied in the order they were asked for.
@@ -172,9 +164,6 @@ defmodule DynamicSrv.Cluster do
       ])
 
     options = Options.validate!(config)
-
-    # So terminate/2 runs when the supervisor stops this poller at shutdown.
-    Process.flag(:trap_exit, true)
 
     with :ok <- Native.load(),
          :ok <- DynamicSrv.LogForwarder.ensure_started(),
@@ -303,14 +292,6 @@ defmodule DynamicSrv.Cluster do
 
   # Timers of finished polls, connector exits.
   def handle_info(_stale, state), do: {:noreply, state}
-
-  @impl true
-  def terminate(_reason, state) do
-    if state.options.disconnect_on_deregister do
-      line = Departure.leave_on_shutdown(state.disconnect)
-      if line, do: Logger.info(line)
-    end
-  end
 
   defp start_poll(state) do
     tag = make_ref()

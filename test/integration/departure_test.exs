@@ -150,53 +150,6 @@ defmodule DynamicSrv.Integration.DepartureTest do
     assert Enum.all?(lost, fn {_, n} -> n == 0 end), "healthy links dropped: #{inspect(lost)}"
   end
 
-  # SIGTERM to a node whose poller runs under its application's supervisor: the poller
-  # leaves through :global.disconnect/0 as it is stopped, so a child stopped after it (the
-  # probe, which then takes 5 s) finds no connection, and a member that still sees it in DNS
-  # cannot dial it back in. Otherwise its links close one by one as the VM goes down, and
-  # global on it reports each as lost to the members it has not closed yet.
-  test "a node stopped by SIGTERM leaves the cluster before the rest of its shutdown" do
-    specs = specs(for i <- 1..3, do: "n#{i}")
-    dns = start_dns!(records(specs))
-    [n1, n2, n3] = peers = boot!(specs, dns, %{}, global: :otp_defaults)
-    probe_file = Path.join(System.tmp_dir!(), "probe_#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm(probe_file) end)
-    probe = {DynamicSrv.Test.ClusterApp.ShutdownProbe, {probe_file, 5_000}}
-
-    start_clusters!([n1, n2], counting())
-    capture_logs!([n3])
-    start_cluster_app!(n3, [], [Supervisor.child_spec(probe, shutdown: 15_000)])
-    assert_full_mesh(peers)
-    before = healthy_downs([n1, n2])
-
-    System.cmd("kill", ["-TERM", Integer.to_string(n3.os_pid)])
-
-    assert Mesh.eventually(
-             fn -> File.exists?(probe_file) and File.stat!(probe_file).size > 0 end,
-             300
-           )
-
-    {connections, logs} = :erlang.binary_to_term(File.read!(probe_file))
-    assert connections == [], "the poller stopped without leaving: #{inspect(connections)}"
-
-    assert Enum.any?(logs, fn {_, text} ->
-             text =~
-               "the VM is stopping: this node leaves the cluster, disconnecting from its 2 " <>
-                 "nodes through :global.disconnect/0 and accepting no new connection"
-           end),
-           inspect(logs)
-
-    # DNS still lists n3, and its VM still runs (the probe holds it): a dial is refused.
-    refute Peer.call(n1, :net_kernel, :connect_node, [n3.name])
-    assert DynamicSrv.Test.Peer.alive?(n3), "n3 halted before the dial: the check proves nothing"
-
-    for peer <- [n1, n2],
-        do: assert(Mesh.eventually(fn -> n3.name not in node_list(peer) end, 300))
-
-    after_ = healthy_downs([n1, n2])
-    assert after_ == before, "healthy links dropped: #{inspect(before)} -> #{inspect(after_)}"
-  end
-
   # One node's resolver lies (or is stale, split-horizon): it alone sees itself delisted,
   # while every other node's DNS lists it. No member confirms, so it keeps its links.
   test "a lie told to one node alone costs it no link" do

@@ -43,26 +43,23 @@ defmodule DynamicSrv.Bench.Agent do
   `:classic` (DynamicSrv.Bench.ClassicPoller).
   """
   def start_poller_at(arm, at_us, opts) do
-    spawn(fn ->
-      wait_until(at_us)
+    owner =
+      spawn(fn ->
+        wait_until(at_us)
 
-      poller =
-        case arm do
-          :ours -> DynamicSrv.Cluster
-          :classic -> DynamicSrv.Bench.ClassicPoller
+        {:ok, _pid} =
+          case arm do
+            :ours -> DynamicSrv.Cluster.start_link(opts)
+            :classic -> DynamicSrv.Bench.ClassicPoller.start_link(opts)
+          end
+
+        receive do
+          :stop -> :ok
         end
+      end)
 
-      # Under an application's supervisor, as users run it: SIGTERM stops it before the halt.
-      :ok = DynamicSrv.Test.ClusterApp.start_children([{poller, opts}])
-    end)
-
+    :persistent_term.put({__MODULE__, :poller_owner}, owner)
     :ok
-  end
-
-  @doc "The running poller's pid, or nil before it started."
-  def poller do
-    DynamicSrv.Test.ClusterApp.child(DynamicSrv.Cluster) ||
-      DynamicSrv.Test.ClusterApp.child(DynamicSrv.Bench.ClassicPoller)
   end
 
   @doc """
@@ -145,7 +142,8 @@ defmodule DynamicSrv.Bench.Agent do
   defp probe(options), do: {:no_probe, options.nameservers}
 
   defp poller_facts do
-    with poller when is_pid(poller) <- poller() do
+    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
+         {:links, [poller | _]} <- Process.info(owner, :links) do
       s = :sys.get_state(poller, 5_000)
 
       %{
@@ -174,7 +172,8 @@ defmodule DynamicSrv.Bench.Agent do
   end
 
   defp poller_members do
-    with poller when is_pid(poller) <- poller(),
+    with owner when is_pid(owner) <- :persistent_term.get({__MODULE__, :poller_owner}, nil),
+         {:links, [poller | _]} <- Process.info(owner, :links),
          {:ok, members} <- safe_members(poller) do
       members
     else

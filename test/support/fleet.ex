@@ -222,23 +222,14 @@ defmodule DynamicSrv.Test.Fleet do
   (these tests count polls; the Consul test runs the default delay) unless `opts` say.
   """
   def start_clusters!(peers, opts) do
+    opts = Keyword.merge([service: @service, polling_interval: @poll, removal_delay: 0], opts)
+
     for peer <- peers do
-      assert {:ok, _pid} = Peer.call(peer, NodeAgent, :start_cluster, [cluster_opts(opts)])
+      assert {:ok, _pid} = Peer.call(peer, NodeAgent, :start_cluster, [opts])
     end
 
     :ok
   end
-
-  @doc """
-  Like `start_clusters!/2` on one peer, but under an application's supervisor, as a user
-  runs it (stopped with the VM), after the `before` children.
-  """
-  def start_cluster_app!(peer, opts, before \\ []) do
-    assert :ok = Peer.call(peer, NodeAgent, :start_cluster_app, [cluster_opts(opts), before])
-  end
-
-  defp cluster_opts(opts),
-    do: Keyword.merge([service: @service, polling_interval: @poll, removal_delay: 0], opts)
 
   @doc """
   Starts DynamicSrv.Cluster with the counting MFAs and `opts` on every peer, waits for the

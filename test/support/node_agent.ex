@@ -130,17 +130,6 @@ defmodule DynamicSrv.Test.NodeAgent do
     end
   end
 
-  @doc """
-  Starts `DynamicSrv.Cluster` with `opts` the way a user's application runs it: under an
-  application's supervisor (DynamicSrv.Test.ClusterApp), after the `before` children, which
-  are stopped after it when the VM stops. Starts the recorder first.
-  """
-  def start_cluster_app(opts, before \\ []) do
-    :ok = start_recorder()
-    poller = {DynamicSrv.Cluster, Keyword.put(opts, :name, @cluster)}
-    DynamicSrv.Test.ClusterApp.start_children(before ++ [poller])
-  end
-
   defp keep_loop do
     receive do
       {:EXIT, pid, reason} ->

@@ -129,9 +129,6 @@ defmodule DynamicSrv.Test.Peer do
     ArgumentError -> false
   end
 
-  @doc "Whether the node's OS process still runs."
-  def alive?(%__MODULE__{os_pid: os_pid}), do: os_alive?(os_pid)
-
   @doc "Whether an OS process runs (a zombie, exited but not reaped yet, does not)."
   def os_alive?(os_pid) do
     case File.read("/proc/#{os_pid}/stat") do

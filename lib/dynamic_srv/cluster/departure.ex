@@ -101,30 +101,6 @@ defmodule DynamicSrv.Cluster.Departure do
   end
 
   @doc """
-  Called as the poller stops. When the VM itself is stopping (SIGTERM, `System.stop/1`,
-  `:init.stop/0`), this node leaves the cluster now, before the rest of the shutdown: it
-  accepts no new connection from then on (`:net_kernel.allow/1`), so a member whose DNS still
-  lists it cannot dial it back in, and disconnects through `:global.disconnect/0`, as OTP's
-  documentation asks of a node leaving a cluster of `global` nodes. A VM that just halts has
-  its connections closed in whatever order each side notices, which `global` can take for a
-  partition. Returns a line to log, or nil.
-  """
-  def leave_on_shutdown(disconnect) do
-    with {:stopping, _} <- :init.get_status(),
-         connected = Node.list(:visible),
-         :left <- plan(disconnect, connected, global_disconnect?()) do
-      :net_kernel.allow([node()])
-      :global.disconnect()
-
-      "the VM is stopping: this node leaves the cluster, disconnecting from its " <>
-        "#{count(connected, "node")} through :global.disconnect/0 and accepting no new " <>
-        "connection, so global on the others keeps their links"
-    else
-      _ -> nil
-    end
-  end
-
-  @doc """
   What `maybe_leave/2` does, given the node's visible connections. It leaves every one of
   them, as `:global.disconnect/0` does: a node not listed yet is not dialed by the others
   either, and a node in two topologies is dialed again by the other one's next poll.
