@@ -63,7 +63,12 @@ defmodule DynamicSrv.Bench.Os do
         do: stat |> Path.dirname() |> Path.basename() |> String.to_integer()
   end
 
-  defdelegate alive?(os_pid), to: DynamicSrv.Test.Peer, as: :os_alive?
+  def alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+      _ -> false
+    end
+  end
 
   @doc "SIGTERM, then SIGKILL if the process is still there after `grace_ms`."
   def stop_pid(os_pid, grace_ms \\ 2_000) do

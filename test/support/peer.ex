@@ -129,14 +129,6 @@ defmodule DynamicSrv.Test.Peer do
     ArgumentError -> false
   end
 
-  @doc "Whether an OS process runs (a zombie, exited but not reaped yet, does not)."
-  def os_alive?(os_pid) do
-    case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
-      _ -> false
-    end
-  end
-
   @doc "SIGKILLs the node, as a crash would."
   def kill(%__MODULE__{os_pid: os_pid} = peer) do
     kill(os_pid)
